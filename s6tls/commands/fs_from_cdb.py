@@ -1,0 +1,59 @@
+"""s6-accessrules-fs-from-cdb: decompile a rules cdb into a directory, drop-in for skarnet's."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+import docopt
+
+from s6tls.rules import NotARuleError, Rule, RulesError, decode, read_cdb, write_tree
+
+PROG = "s6-accessrules-fs-from-cdb"
+USAGE = f"{PROG} dir cdbfile"
+
+# Upstream takes no options: every word is an operand, extra ones ignored.
+# run() puts "--" first so that docopt reads a leading "-x" as a name too.
+_GRAMMAR = f"Usage: {PROG} [--] DIR CDBFILE [IGNORED...]\n"
+
+
+def main() -> None:
+    """Run the command with the process arguments and exit with its status."""
+    sys.exit(run(sys.argv[1:]))
+
+
+def run(argv: list[str]) -> int:
+    """Decompile as the command line asks; return the exit status (0, 100 or 111)."""
+    try:
+        args = docopt.docopt(_GRAMMAR, ["--", *argv], default_help=False, options_first=True)
+    except docopt.DocoptExit:
+        return _say("usage", USAGE, 100)
+    directory, cdbfile = str(args["DIR"]), str(args["CDBFILE"])
+    try:
+        records = read_cdb(cdbfile)
+    except RulesError as e:
+        return _say("fatal", str(e), 111)
+    rules: dict[str, Rule] = {}
+    for key, value in records.items():
+        try:
+            rules[key] = decode(value)
+        except NotARuleError:
+            # Neither allow nor deny: no rule, as for the servers' lookups.
+            continue
+        except RulesError:
+            invalid = f"{cdbfile} does not contain valid accessrules data"
+            return _say("fatal", f"unable to handle cdb record: {invalid}", 111)
+    try:
+        write_tree(directory, rules)
+    except RulesError as e:
+        return _say("fatal", str(e), 111)
+    return 0
+
+
+def _say(kind: str, message: str, status: int) -> int:
+    # Paths are written back as the bytes they were given.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.buffer.write(os.fsencode(f"{PROG}: {kind}: {message}\n"))
+        sys.stderr.buffer.flush()
+    return status

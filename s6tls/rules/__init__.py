@@ -1,0 +1,59 @@
+"""Access rules (``-i`` directory or ``-x`` cdb): which clients are allowed, with what env or exec.
+
+Pure model: no sockets, no gevent, so the rules tools start fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
+from s6tls.rules.codec import Rule, decode, encode
+from s6tls.rules.envdir import read_envdir
+from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
+from s6tls.rules.fs import DirRules, lookup_dir, write_tree
+from s6tls.rules.keys import ip_keys, name_keys
+
+__all__ = [
+    "CdbRules",
+    "DirRules",
+    "NotARuleError",
+    "Rule",
+    "RuleSource",
+    "RuleTooBigError",
+    "RulesError",
+    "compile_dir",
+    "decide",
+    "decode",
+    "encode",
+    "ip_keys",
+    "lookup_dir",
+    "name_keys",
+    "read_cdb",
+    "read_envdir",
+    "write_cdb",
+    "write_tree",
+]
+
+
+class RuleSource(Protocol):
+    """Where rules are looked up: DirRules or CdbRules."""
+
+    def get(self, key: str) -> Rule | None: ...
+
+    def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None: ...
+
+
+def decide(source: RuleSource, ip: str, name: str | None) -> tuple[str, Rule] | None:
+    """Return the first matching key and its rule for a client, or None (the caller denies).
+
+    The address prefixes are tried first, most specific first; then, if the
+    client has a name, its reverse-DNS suffixes and ``reversedns/@``.
+    """
+    keys = ip_keys(ip)
+    # An empty name is no name: upstream only checks reversedns rules after
+    # a lookup that produced a name.
+    if name:
+        keys += name_keys(name)
+    return source.find(keys)

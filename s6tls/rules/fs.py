@@ -1,0 +1,177 @@
+"""Rules kept as a directory tree (the ``-i`` form): read one rule, or write a whole tree."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+from collections.abc import Iterable, Mapping
+
+from s6tls.rules.codec import EXEC_MAX, Rule
+from s6tls.rules.envdir import read_envdir, read_head
+from s6tls.rules.errors import RulesError, RuleTooBigError
+
+
+def lookup_dir(rulesdir: str, key: str) -> Rule | None:
+    """Return the rule in ``rulesdir/key/``, or None if there is none.
+
+    ``allow`` (with ``env/`` and ``exec``) wins over ``deny``; a missing rules
+    directory or key is no rule; anything unreadable raises RulesError.
+    """
+    if not is_safe_key(key):
+        # A reverse-DNS name can hold "." or ".." labels; never let a key
+        # climb out of the rules directory.
+        return None
+    keydir = f"{rulesdir}/{key}"
+    try:
+        os.stat(keydir)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise RulesError(f"unable to access {keydir}: {e.strerror}") from None
+    if _exists(f"{keydir}/allow"):
+        env = read_envdir(f"{keydir}/env", missing_ok=True)
+        return Rule(allow=True, env=env, exec=_read_exec(f"{keydir}/exec"))
+    if _exists(f"{keydir}/deny"):
+        return Rule(allow=False)
+    return None
+
+
+class DirRules:
+    """Rules read from a directory at every lookup, so edits apply to the next connection."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def get(self, key: str) -> Rule | None:
+        """Return the rule for ``key``, or None; RulesError if the tree is unreadable."""
+        return lookup_dir(self.path, key)
+
+    def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None:
+        """Return the first of ``keys`` that has a rule, with its rule, or None."""
+        for key in keys:
+            rule = lookup_dir(self.path, key)
+            if rule is not None:
+                return key, rule
+        return None
+
+    def close(self) -> None:
+        """Nothing to release; present so every rule source can be closed alike."""
+
+
+def write_tree(directory: str, rules: Mapping[str, Rule]) -> None:
+    """Create ``directory`` (which must not exist) holding ``rules`` as rule directories.
+
+    On any failure the partial tree is removed and RulesError is raised.
+    """
+    try:
+        os.mkdir(directory)
+    except OSError as e:
+        raise RulesError(f"unable to mkdir {directory}: {e.strerror}") from None
+    try:
+        _set_dir_mode(directory)
+        for key, rule in rules.items():
+            _write_rule(directory, key, rule)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+def is_safe_key(key: str) -> bool:
+    """Tell whether ``key`` names a path strictly inside the rules directory."""
+    return "\0" not in key and all(part not in ("", ".", "..") for part in key.split("/"))
+
+
+def _exists(path: str) -> bool:
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise RulesError(f"unable to access {path}: {e.strerror}") from None
+    return True
+
+
+def _read_exec(path: str) -> str:
+    try:
+        content = read_head(path, EXEC_MAX + 1)
+    except FileNotFoundError:
+        return ""
+    except OSError as e:
+        raise RulesError(f"unable to read {path}: {e.strerror}") from None
+    if len(content) > EXEC_MAX:
+        # Upstream silently truncates at 4096 bytes; a cut command line is
+        # worse than a refused connection.
+        raise RuleTooBigError("exec", len(content), f"{path} too big")
+    return os.fsdecode(content)
+
+
+def _write_rule(directory: str, key: str, rule: Rule) -> None:
+    if not is_safe_key(key):
+        raise RulesError(f"unable to write rule: invalid key {key!r}")
+    path = directory
+    for part in key.split("/"):
+        path = f"{path}/{part}"
+        _make_dir(path)
+    if not rule.allow:
+        _write_file(f"{path}/deny", b"")
+        return
+    _write_file(f"{path}/allow", b"")
+    if rule.env:
+        envdir = f"{path}/env"
+        _make_dir(envdir)
+        for name, value in rule.env:
+            _write_file(f"{envdir}/{_envdir_name(envdir, name)}", _envdir_content(value))
+    if rule.exec:
+        _write_file(f"{path}/exec", os.fsencode(rule.exec))
+
+
+def _envdir_name(envdir: str, name: str) -> str:
+    if not name or name.startswith(".") or "/" in name or "=" in name or "\0" in name:
+        raise RulesError(f"unable to write {envdir}: variable {name!r} cannot be an envdir file")
+    return name
+
+
+def _envdir_content(value: str | None) -> bytes:
+    # An empty file unsets; otherwise one line. Newlines inside the value are
+    # written as NUL bytes, which envdir readers turn back into newlines, so
+    # the tree compiles to the same value (upstream writes them raw and loses
+    # everything after the first).
+    if value is None:
+        return b""
+    return os.fsencode(value).replace(b"\n", b"\0") + b"\n"
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise RulesError(f"unable to mkdir {path}: File exists") from None
+        return
+    except OSError as e:
+        raise RulesError(f"unable to mkdir {path}: {e.strerror}") from None
+    _set_dir_mode(path)
+
+
+def _set_dir_mode(path: str) -> None:
+    # Upstream creates directories 0755 whatever the umask (a set-group-id
+    # bit inherited from the parent stays).
+    try:
+        inherited = os.stat(path).st_mode & stat.S_ISGID
+        os.chmod(path, 0o755 | inherited)
+    except OSError as e:
+        raise RulesError(f"unable to chmod {path}: {e.strerror}") from None
+
+
+def _write_file(path: str, content: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise RulesError(f"unable to write {path}: {e.strerror}") from None

@@ -1,0 +1,85 @@
+"""The rule keys tried for a client, most specific first, as s6-tcpserver-access tries them."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from collections.abc import Callable
+
+_IP4_BITS = 32
+_IP6_BITS = 128
+
+
+def ip_keys(ip: str) -> list[str]:
+    """Return the keys for every prefix of ``ip``, from the full address down to ``_0``.
+
+    Raises ValueError if ``ip`` is not an IPv4 or IPv6 address.
+    """
+    # An IPv6 scope ("%eth0") is dropped, as skalibs' scanner stops before it.
+    # An IPv4-mapped IPv6 address stays IPv6 (ip6/::ffff:a00:1_128...), as
+    # upstream never unmaps; its listening IPv6 sockets are IPV6_V6ONLY.
+    address = ipaddress.ip_address(ip)
+    if address.version == 4:
+        return _prefix_keys("ip4", int(address), _IP4_BITS, _format_ip4)
+    return _prefix_keys("ip6", int(address), _IP6_BITS, _format_ip6)
+
+
+def _prefix_keys(family: str, value: int, bits: int, fmt: Callable[[int], str]) -> list[str]:
+    keys = []
+    previous, text = -1, ""
+    for prefix in range(bits, -1, -1):
+        network = value & ~((1 << (bits - prefix)) - 1)
+        # Clearing a bit that is already 0 leaves the address as it was.
+        if network != previous:
+            previous, text = network, fmt(network)
+        keys.append(f"{family}/{text}_{prefix}")
+    return keys
+
+
+def name_keys(name: str) -> list[str]:
+    """Return ``reversedns/NAME``, then each suffix after a dot, then ``reversedns/@``.
+
+    A final dot is ignored. Raises ValueError for an empty name, which upstream
+    rejects (EINVAL) too.
+    """
+    if not name:
+        raise ValueError("empty name")
+    if name.endswith("."):
+        name = name[:-1]
+    # Upstream's loop: emit name[i:], then jump past the next dot; so "a..b"
+    # gives "a..b", ".b", "b", and a lone "." gives only "@".
+    keys = []
+    start = 0
+    while start < len(name):
+        keys.append(f"reversedns/{name[start:]}")
+        dot = name.find(".", start)
+        if dot < 0:
+            break
+        start = dot + 1
+    keys.append("reversedns/@")
+    return keys
+
+
+def _format_ip4(value: int) -> str:
+    return ".".join(map(str, value.to_bytes(4, "big")))
+
+
+_GROUPS = struct.Struct(">8H").unpack
+_HEX_GROUPS = "{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}:{:x}".format
+
+# ":0:0:...:0:" with n zero groups, longest first.
+_ZERO_RUNS = [":" + "0:" * n for n in range(8, 1, -1)]
+
+
+def _format_ip6(value: int) -> str:
+    """Format like skalibs' ip6_fmt: lower-case hex groups, the first longest run of
+    two or more zero groups as "::", and no dotted-quad tail even for mapped addresses."""
+    text = _HEX_GROUPS(*_GROUPS(value.to_bytes(16, "big")))
+    padded = f":{text}:"
+    if ":0:0:" in padded:
+        # Searching the longest runs first, the first hit is the first longest run.
+        for run in _ZERO_RUNS:
+            at = padded.find(run)
+            if at >= 0:
+                return f"{padded[1:at]}::{padded[at + len(run) : -1]}"
+    return text

@@ -1,0 +1,71 @@
+"""Access control before TLS: banner, names, and the rules' verdict."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+
+from s6tls import logline
+from s6tls.environ import Connection
+from s6tls.rules import Rule, RulesError, decide
+from s6tls.shell.names import NameLookupFailed
+from s6tls.shell.service import Service
+
+
+class Denied(Exception):
+    """The connection must be dropped; log_line says why at -v, if anything."""
+
+    def __init__(self, log_line: str | None = None) -> None:
+        super().__init__(log_line or "denied")
+        self.log_line = log_line
+
+
+def check_access(
+    service: Service, sock: socket.socket, conn: Connection
+) -> tuple[Connection, Rule | None]:
+    """Run upstream's access stage; return the connection with its names, and the rule."""
+    opts = service.options
+    log = service.log
+    where = logline.endpoint(conn.remote_ip, conn.remote_port)
+    if opts.banner:
+        sock.sendall(opts.banner)
+    if service.resolver is not None:
+        try:
+            names = service.resolver.lookup(
+                conn.remote_ip,
+                conn.remote_port,
+                conn.local_ip,
+                conn.local_port,
+                dns=opts.dns,
+                localname=opts.localname,
+                paranoid=opts.paranoid,
+                ident=opts.ident,
+                strict=opts.strict_lookups,
+                timeout=opts.lookup_timeout_ms / 1000 or None,
+            )
+        except NameLookupFailed as e:
+            log.warning(f"{where}: dropped: {e}")
+            raise Denied() from None
+        conn = dataclasses.replace(
+            conn,
+            remote_host=names.remote_host,
+            local_host=names.local_host,
+            remote_info=names.remote_info,
+        )
+    elif opts.localname is not None:
+        conn = dataclasses.replace(conn, local_host=opts.localname)
+    if service.rules is None:
+        return conn, None
+    name = conn.remote_host.rstrip(".") if conn.remote_host and opts.dns else None
+    try:
+        found = decide(service.rules, conn.remote_ip, name)
+    except RulesError as e:
+        log.warning(f"{where}: denied: {e}")
+        raise Denied() from None
+    if found is None:
+        raise Denied(f"deny {where} no rule")
+    key, rule = found
+    if not rule.allow:
+        raise Denied(f"deny {where} key {key}")
+    log.info(f"allow {where} key {key}")
+    return conn, rule

@@ -1,0 +1,114 @@
+"""``s6-tlsserver``: check the command line and environment, bind, serve.
+
+Every start-up problem is reported here, once, as one line: bad usage exits
+100 (with the usage), a system failure (bind, key files) exits 111.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+from gevent import socket as gsocket
+
+from s6tls.errors import S6tlsError, SystemFailure, UsageError
+from s6tls.logline import PROG, Log
+from s6tls.options import SHORT_USAGE, ClientCert, Options, parse
+from s6tls.rules import CdbRules, DirRules
+from s6tls.shell.identity import Identity
+from s6tls.shell.names import Resolver
+from s6tls.shell.server import Server
+from s6tls.shell.service import Service
+from s6tls.shell.tls import ContextCache
+
+
+def listen(opts: Options) -> socket.socket:
+    """Bind and listen on ip:port, one address family only."""
+    family = socket.AF_INET6 if opts.family_v6 else socket.AF_INET
+    sock = gsocket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if opts.family_v6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    try:
+        sock.bind((opts.ip, opts.port))
+        sock.listen(opts.backlog if opts.backlog is not None else socket.SOMAXCONN)
+    except OSError as e:
+        sock.close()
+        raise SystemFailure(f"unable to bind to {opts.ip} port {opts.port}: {e.strerror}") from None
+    return sock  # type: ignore[no-any-return]
+
+
+def notify_ready(port: int) -> None:
+    """-1: write the port on stdout, then close stdout (kept open on /dev/null)."""
+    os.write(1, f"{port}\n".encode())
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def check_environment(opts: Options, env: dict[str, str]) -> None:
+    """Refuse at start-up what upstream would only discover per connection."""
+    for name in ("CERTFILE", "KEYFILE"):
+        if not env.get(name):
+            raise UsageError(f"{name} not set")
+    if opts.client_cert is not ClientCert.NONE and not (env.get("CADIR") or env.get("CAFILE")):
+        raise UsageError("CADIR or CAFILE not set")
+    identity_asked = opts.identity_from_env or any(
+        v is not None for v in (opts.uid, opts.gid, opts.groups)
+    )
+    if identity_asked and os.geteuid() != 0:
+        raise UsageError("-u, -g, -G and -U need the server to run as root")
+
+
+def build_service(opts: Options, env: dict[str, str]) -> Service:
+    log = Log(opts.verbosity)
+    service = Service(
+        options=opts,
+        log=log,
+        base_env=env,
+        contexts=ContextCache(log.warning),
+        identity=Identity(opts.uid, opts.gid, opts.groups, opts.identity_from_env),
+    )
+    # Load the default pair now: a bad key or certificate fails the start, not a client.
+    service.contexts.get(service.tls_settings(env))
+    if opts.rulesdir is not None:
+        service.rules = DirRules(opts.rulesdir)
+    elif opts.rulesfile is not None:
+        service.rules = CdbRules(opts.rulesfile)
+    if opts.dns or opts.ident:
+        service.resolver = Resolver.from_environment(env, opts.hosts_first)
+    return service
+
+
+def fail(error: S6tlsError, usage: bool = False) -> None:
+    """Report a start-up error in one line (and the usage line) and exit."""
+    message = f"{PROG}: fatal: {error}\n" + (f"{SHORT_USAGE}\n" if usage else "")
+    os.write(2, message.encode(errors="replace"))
+    sys.exit(error.exitcode)
+
+
+def main() -> None:
+    # As upstream: SIGINT is not trapped, it ends the server.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    env = dict(os.environ)
+    try:
+        opts = parse(sys.argv[1:])
+    except UsageError as e:
+        fail(e, usage=True)
+        return
+    try:
+        check_environment(opts, env)
+        service = build_service(opts, env)
+        listener = listen(opts)
+    except S6tlsError as e:
+        fail(e)
+        return
+    port = listener.getsockname()[1]
+    service.log.info(f"starting - bound to ip {opts.ip} port {port}")
+    service.log.info(f"status: 0/{opts.maxconn}")
+    if opts.notify:
+        notify_ready(port)
+    code = Server(service, listener).serve()
+    os._exit(code)

@@ -1,0 +1,109 @@
+"""One connection, from accept to prog's end, through upstream's stages.
+
+proxy (-L) → access (banner, names, rules) → tls (context, handshake) →
+environ → spawn → relay → reap. Each stage is a call into the module named
+after its job; this module only strings them together and logs the outcome.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+import gevent
+
+from s6tls import logline
+from s6tls.environ import Connection, prog_environ, tcp_environ
+from s6tls.shell.access import Denied, check_access
+from s6tls.shell.proxyread import ProxyFailed, read_proxy_header
+from s6tls.shell.relay import relay
+from s6tls.shell.service import Service
+from s6tls.shell.spawn import Child, SpawnFailed, spawn
+from s6tls.shell.tls import HandshakeFailed, TlsConfigError, TlsStream
+
+
+@dataclass(eq=False)
+class Session:
+    """A connection the server counts, and its prog once started."""
+
+    remote_ip: str
+    remote_port: int
+    connnum: int
+    child: Child | None = None
+    started: bool = field(default=False)
+
+
+def canonical_ip(ip: str) -> str:
+    """The address text upstream shows (IPv6 compressed; no scope)."""
+    return ip.split("%", 1)[0]
+
+
+def _seconds(ms: int) -> float | None:
+    return ms / 1000 if ms else None
+
+
+def run(service: Service, sock: socket.socket, session: Session, on_start: object) -> int | None:
+    """Serve one connection; return prog's wait status, or None if it never ran.
+
+    ``on_start`` is called once prog runs, so the server can log ``accept``.
+    """
+    opts = service.options
+    log = service.log
+    where = logline.endpoint(session.remote_ip, session.remote_port)
+    try:
+        if opts.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        local_ip, local_port = sock.getsockname()[:2]
+        remote_ip, remote_port = session.remote_ip, session.remote_port
+        pending = b""
+        if opts.proxy:
+            header, pending = read_proxy_header(sock, _seconds(opts.handshake_timeout_ms))
+            if header.source is not None and header.destination is not None:
+                remote_ip, remote_port = header.source.ip, header.source.port
+                local_ip, local_port = header.destination.ip, header.destination.port
+        conn = Connection(
+            local_ip=canonical_ip(local_ip),
+            local_port=local_port,
+            remote_ip=remote_ip,
+            remote_port=remote_port,
+            connnum=session.connnum,
+        )
+        conn, rule = check_access(service, sock, conn)
+        env = tcp_environ(service.base_env, conn, rule.env if rule else ())
+        stream = TlsStream(sock, service.contexts.get(service.tls_settings(env)), pending)
+        timeout = _seconds(opts.handshake_timeout_ms)
+        with gevent.Timeout(timeout, HandshakeFailed("handshake timed out")):
+            info = stream.handshake()
+        env = prog_environ(env, info, opts.keep_tls_env)
+        argv = ("execlineb", "-c", rule.exec) if rule and rule.exec else opts.prog
+        child = spawn(service.identity.wrap(argv, env), env)
+    except (HandshakeFailed, ProxyFailed, TlsConfigError) as e:
+        log.warning(f"{where}: {e}")
+        sock.close()
+        return None
+    except Denied as e:
+        if e.log_line:
+            log.info(e.log_line)
+        sock.close()
+        return None
+    except SpawnFailed as e:
+        log.warning(str(e))
+        sock.close()
+        return 127 << 8
+    except OSError as e:
+        log.warning(f"{where}: {e.strerror or e}")
+        sock.close()
+        return None
+
+    session.child = child
+    session.started = True
+    on_start()  # type: ignore[operator]
+    try:
+        end = relay(stream, child.stdin, child.stdout, opts.close_notify)
+    finally:
+        sock.close()
+    if end.error:
+        (log.info if end.after_our_end else log.warning)(f"{where}: {end.error}")
+    elif end.ragged_eof and opts.require_close_notify:
+        log.warning(f"{where}: remote closed connection without a close_notify")
+    return child.wait()

@@ -1,0 +1,323 @@
+"""The TLS engine: contexts from key files, and TLS over a gevent socket.
+
+OpenSSL runs on memory BIOs (``ssl.SSLObject``), not on the socket itself:
+that is what lets the server half-close TCP while TLS stays usable, send
+close_notify only when asked, and hand TLS the bytes read past a PROXY header.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gevent.lock import Semaphore
+from gevent.socket import socket as GeventSocket
+
+from s6tls.errors import SystemFailure
+from s6tls.options import ClientCert
+from s6tls.sslvars import TlsInfo
+
+# Large enough for a full TLS record with its overhead, so one read drains one.
+RECV_SIZE = 65536 + 512
+PLAIN_CHUNK = 65536
+
+_VERIFY = {
+    ClientCert.NONE: ssl.CERT_NONE,
+    ClientCert.OPTIONAL: ssl.CERT_OPTIONAL,
+    ClientCert.REQUIRED: ssl.CERT_REQUIRED,
+}
+
+
+class TlsConfigError(SystemFailure):
+    """A key, certificate or trust anchor file cannot be used."""
+
+
+class HandshakeFailed(Exception):
+    """The handshake did not complete; the message says why, in one line."""
+
+
+class ServerSSLObject(ssl.SSLObject):
+    """An SSLObject that remembers the SNI name the client sent."""
+
+    servername: str | None = None
+
+
+def _record_servername(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    if isinstance(obj, ServerSSLObject):
+        obj.servername = name
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """Which files and policy make the TLS context of one connection."""
+
+    keyfile: str
+    certfile: str
+    client_cert: ClientCert = ClientCert.NONE
+    cafile: str | None = None
+    cadir: str | None = None
+
+    def paths(self) -> tuple[str, ...]:
+        """The files whose change means the context must be rebuilt."""
+        return tuple(p for p in (self.keyfile, self.certfile, self.cafile, self.cadir) if p)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise TlsConfigError(f"unable to read {what} {path}: {e.strerror}") from None
+
+
+def _pem(der: bytes, label: str) -> bytes:
+    import base64
+
+    body = base64.encodebytes(der).decode("ascii")
+    return f"-----BEGIN {label}-----\n{body}-----END {label}-----\n".encode()
+
+
+def _is_pem(data: bytes) -> bool:
+    return b"-----BEGIN " in data
+
+
+def _cert_pem(data: bytes) -> bytes:
+    return data if _is_pem(data) else ssl.DER_cert_to_PEM_cert(data).encode("ascii")
+
+
+def _key_pems(data: bytes) -> list[bytes]:
+    """PEM forms to try for a key: a DER key may be PKCS#8, SEC1 or PKCS#1."""
+    if _is_pem(data):
+        return [data]
+    return [_pem(data, label) for label in ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")]
+
+
+@contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path to data that never touches a disk (key material included)."""
+    fd = os.memfd_create("s6tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _load_pair(ctx: ssl.SSLContext, keyfile: str, certfile: str) -> None:
+    cert = _cert_pem(_read(certfile, "certificate"))
+    key = _read(keyfile, "key")
+    reason = "no usable key"
+    with _memory_file(cert) as cert_path:
+        for candidate in _key_pems(key):
+            with _memory_file(candidate) as key_path:
+                try:
+                    ctx.load_cert_chain(cert_path, key_path)
+                    return
+                except ssl.SSLError as e:
+                    reason = e.reason or str(e)
+    raise TlsConfigError(f"unable to use key {keyfile} with certificate {certfile}: {reason}")
+
+
+def _load_trust(ctx: ssl.SSLContext, cafile: str | None, cadir: str | None) -> None:
+    """Trust anchors from CADIR (any file names, PEM or DER) or else CAFILE."""
+    if cadir:
+        try:
+            names = sorted(os.listdir(cadir))
+        except OSError as e:
+            raise TlsConfigError(f"unable to read CADIR {cadir}: {e.strerror}") from None
+        for name in names:
+            path = os.path.join(cadir, name)
+            if not os.path.isfile(path):
+                continue
+            data = _read(path, "trust anchor")
+            try:
+                if _is_pem(data):
+                    ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
+                else:
+                    ctx.load_verify_locations(cadata=data)
+            except (ssl.SSLError, ValueError) as e:
+                reason = getattr(e, "reason", None) or str(e)
+                raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
+    elif cafile:
+        try:
+            ctx.load_verify_locations(cafile=cafile)
+        except OSError as e:
+            raise TlsConfigError(
+                f"unable to read trust anchors in {cafile}: {e.strerror}"
+            ) from None
+        except ssl.SSLError as e:
+            raise TlsConfigError(
+                f"unable to read trust anchors in {cafile}: {e.reason or e}"
+            ) from None
+
+
+def make_context(settings: TlsSettings) -> ssl.SSLContext:
+    """A server context: TLS 1.2 and 1.3, no renegotiation, no compression."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    # A bare FIN must not poison the TLS object: the reply still has to go out.
+    ctx.options |= (
+        ssl.OP_NO_RENEGOTIATION
+        | ssl.OP_NO_COMPRESSION
+        | ssl.OP_CIPHER_SERVER_PREFERENCE
+        | ssl.OP_IGNORE_UNEXPECTED_EOF
+    )
+    ctx.sslobject_class = ServerSSLObject
+    ctx.sni_callback = _record_servername
+    _load_pair(ctx, settings.keyfile, settings.certfile)
+    ctx.verify_mode = _VERIFY[settings.client_cert]
+    if settings.client_cert is not ClientCert.NONE:
+        _load_trust(ctx, settings.cafile, settings.cadir)
+    return ctx
+
+
+FileIdentity = tuple[int, int, int, int, int]
+
+
+def _identity(path: str) -> FileIdentity:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ContextCache:
+    """One context per settings, rebuilt only when one of its files changes.
+
+    A stat per file and connection is the whole cost of noticing a rotated
+    certificate; a replacement that fails to load keeps the last good context
+    and is reported once.
+    """
+
+    def __init__(self, warn: Callable[[str], None]) -> None:
+        self._warn = warn
+        self._entries: dict[TlsSettings, tuple[tuple[FileIdentity, ...], ssl.SSLContext]] = {}
+        self._failed: dict[TlsSettings, tuple[FileIdentity, ...]] = {}
+
+    def get(self, settings: TlsSettings) -> ssl.SSLContext:
+        entry = self._entries.get(settings)
+        try:
+            ids = tuple(_identity(p) for p in settings.paths())
+        except OSError as e:
+            if entry is None:
+                raise TlsConfigError(f"unable to read {e.filename}: {e.strerror}") from None
+            return entry[1]
+        if entry is not None and entry[0] == ids:
+            return entry[1]
+        if entry is not None and self._failed.get(settings) == ids:
+            return entry[1]
+        try:
+            ctx = make_context(settings)
+        except TlsConfigError as e:
+            if entry is None:
+                raise
+            self._failed[settings] = ids
+            self._warn(f"{e}; still serving the previous one")
+            return entry[1]
+        self._entries[settings] = (ids, ctx)
+        self._failed.pop(settings, None)
+        return ctx
+
+
+class TlsStream:
+    """A server-side TLS session over a gevent socket, driven through memory BIOs."""
+
+    def __init__(self, sock: GeventSocket, ctx: ssl.SSLContext, pending: bytes = b"") -> None:
+        self.sock = sock
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        if pending:
+            self._in.write(pending)
+        self.ssl = ctx.wrap_bio(self._in, self._out, server_side=True)
+        self._sending = Semaphore()
+        self._buf = bytearray(RECV_SIZE)
+        self.clean_eof = False
+
+    def _fill(self) -> None:
+        """Move what the socket has into OpenSSL; at EOF, tell OpenSSL so."""
+        n = self.sock.recv_into(self._buf)
+        if n:
+            self._in.write(memoryview(self._buf)[:n])
+        else:
+            self._in.write_eof()
+
+    def flush(self) -> None:
+        """Send whatever OpenSSL produced, in one send, in order."""
+        with self._sending:
+            data = self._out.read()
+            if data:
+                self.sock.sendall(data)
+
+    def handshake(self) -> TlsInfo:
+        """Run the server handshake; raise HandshakeFailed with the reason."""
+        try:
+            while True:
+                try:
+                    self.ssl.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self.flush()
+                    if self._in.eof:
+                        raise HandshakeFailed("the client closed the connection") from None
+                    self._fill()
+            self.flush()
+        except ssl.SSLError as e:
+            try:
+                self.flush()  # the alert, so the client learns why
+            except OSError:
+                pass
+            reason = e.reason or e.strerror or str(e)
+            raise HandshakeFailed(
+                f"the TLS engine closed the connection during the handshake: {reason}"
+            ) from None
+        except OSError as e:
+            raise HandshakeFailed(f"unable to talk to remote: {e.strerror or e}") from None
+        return self.info()
+
+    def info(self) -> TlsInfo:
+        obj = self.ssl
+        cipher = obj.cipher()
+        der = obj.getpeercert(binary_form=True)
+        decoded = obj.getpeercert() if der else None
+        subject = decoded.get("subject") if decoded else None
+        return TlsInfo(
+            protocol=obj.version() or "",
+            cipher=cipher[0] if cipher else "",
+            servername=getattr(obj, "servername", None),
+            peer_der=der,
+            peer_subject=subject,  # type: ignore[arg-type]
+        )
+
+    def read(self) -> bytes:
+        """Cleartext from the peer; b"" at its end (close_notify or bare EOF)."""
+        while True:
+            try:
+                data = self.ssl.read(PLAIN_CHUNK)
+            except ssl.SSLWantReadError:
+                if self._out.pending:
+                    self.flush()
+                self._fill()
+                continue
+            except ssl.SSLZeroReturnError:
+                data = b""
+            if self._out.pending:
+                self.flush()  # e.g. a TLS 1.3 key update answer
+            if not data:
+                # With OP_IGNORE_UNEXPECTED_EOF a bare FIN also reads as a clean
+                # end; it was clean only if it came before the socket's EOF.
+                self.clean_eof = not self._in.eof
+            return data
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Encrypt and send cleartext for the peer."""
+        self.ssl.write(data)
+        self.flush()
+
+    def close_notify(self) -> None:
+        """Send close_notify without waiting for the peer's."""
+        try:
+            self.ssl.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        self.flush()

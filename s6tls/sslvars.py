@@ -1,0 +1,64 @@
+"""The SSL_* variables that describe a finished TLS handshake to prog."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# Upstream names these six attributes, always in this order, and no others.
+_SUBJECT_ORDER = (
+    ("countryName", "C"),
+    ("stateOrProvinceName", "ST"),
+    ("localityName", "L"),
+    ("organizationName", "O"),
+    ("organizationalUnitName", "OU"),
+    ("commonName", "CN"),
+)
+_ESCAPED = ",+=<>#\\\n"
+
+# Python's ssl module describes a subject as RDNs of (attribute, value) pairs.
+Subject = Iterable[Iterable[tuple[str, str]]]
+
+
+def escape(value: str) -> str:
+    """Backslash-escape the characters upstream escapes in a DN value."""
+    return "".join("\\" + c if c in _ESCAPED else c for c in value)
+
+
+def subject_string(subject: Subject) -> str:
+    """Format a certificate subject as upstream does: ``C=.., O=.., CN=..``."""
+    found: dict[str, str] = {}
+    for rdn in subject:
+        for attribute, value in rdn:
+            found.setdefault(attribute, value)
+    return ", ".join(
+        f"{short}={escape(found[long])}" for long, short in _SUBJECT_ORDER if long in found
+    )
+
+
+def cert_hash(der: bytes) -> str:
+    """``SHA256:`` and the lowercase hex digest of a certificate's DER form."""
+    return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+@dataclass(frozen=True)
+class TlsInfo:
+    """What prog learns about its TLS session."""
+
+    protocol: str
+    cipher: str
+    servername: str | None = None
+    peer_der: bytes | None = None
+    peer_subject: tuple[tuple[tuple[str, str], ...], ...] | None = None
+
+    def variables(self) -> dict[str, str]:
+        """The SSL_* variables; those that do not apply are absent."""
+        env = {"SSL_PROTOCOL": self.protocol, "SSL_CIPHER": self.cipher}
+        if self.servername is not None:
+            env["SSL_TLS_SNI_SERVERNAME"] = self.servername
+        if self.peer_der is not None:
+            env["SSL_PEER_CERT_HASH"] = cert_hash(self.peer_der)
+            if self.peer_subject is not None:
+                env["SSL_PEER_CERT_SUBJECT"] = subject_string(self.peer_subject)
+        return env

@@ -1,0 +1,1 @@
+"""Helpers shared by the system tests: certificates, a running server, clients."""
