@@ -15,13 +15,14 @@ from gevent import socket as gsocket
 
 from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
-from s6tls.options import SHORT_USAGE, ClientCert, Options, parse
+from s6tls.options import SHORT_USAGE, Options, parse
 from s6tls.rules import CdbRules, DirRules
 from s6tls.shell.identity import Identity
 from s6tls.shell.names import Resolver
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.tls import ContextCache
+from s6tls.tlsconfig import settings_from
 
 
 def listen(opts: Options) -> socket.socket:
@@ -50,11 +51,7 @@ def notify_ready(port: int) -> None:
 
 def check_environment(opts: Options, env: dict[str, str]) -> None:
     """Refuse at start-up what upstream would only discover per connection."""
-    for name in ("CERTFILE", "KEYFILE"):
-        if not env.get(name):
-            raise UsageError(f"{name} not set")
-    if opts.client_cert is not ClientCert.NONE and not (env.get("CADIR") or env.get("CAFILE")):
-        raise UsageError("CADIR or CAFILE not set")
+    settings_from(env, opts.snilevel, opts.client_cert)
     identity_asked = opts.identity_from_env or any(
         v is not None for v in (opts.uid, opts.gid, opts.groups)
     )

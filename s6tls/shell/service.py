@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from s6tls.logline import Log
-from s6tls.options import ClientCert, Options
+from s6tls.options import Options
 from s6tls.rules import RuleSource
 from s6tls.shell.identity import Identity
 from s6tls.shell.names import Resolver
-from s6tls.shell.tls import ContextCache, TlsConfigError, TlsSettings
+from s6tls.shell.tls import ContextCache
+from s6tls.tlsconfig import TlsSettings, settings_from
 
 
 @dataclass
@@ -27,19 +28,4 @@ class Service:
 
     def tls_settings(self, env: Mapping[str, str]) -> TlsSettings:
         """The TLS files for one connection: the access rule may have chosen them."""
-        keyfile = env.get("KEYFILE")
-        certfile = env.get("CERTFILE")
-        if not certfile:
-            raise TlsConfigError("CERTFILE not set")
-        if not keyfile:
-            raise TlsConfigError("KEYFILE not set")
-        client_cert = self.options.client_cert
-        if client_cert is ClientCert.NONE:
-            return TlsSettings(keyfile=keyfile, certfile=certfile)
-        return TlsSettings(
-            keyfile=keyfile,
-            certfile=certfile,
-            client_cert=client_cert,
-            cafile=env.get("CAFILE") or None,
-            cadir=env.get("CADIR") or None,
-        )
+        return settings_from(env, self.options.snilevel, self.options.client_cert)

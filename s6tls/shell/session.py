@@ -20,6 +20,7 @@ from s6tls.shell.relay import relay
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import Child, SpawnFailed, spawn
 from s6tls.shell.tls import HandshakeFailed, TlsConfigError, TlsStream
+from s6tls.tlsconfig import TlsSettingsError
 
 
 @dataclass(eq=False)
@@ -77,7 +78,7 @@ def run(service: Service, sock: socket.socket, session: Session, on_start: objec
         env = prog_environ(env, info, opts.keep_tls_env)
         argv = ("execlineb", "-c", rule.exec) if rule and rule.exec else opts.prog
         child = spawn(service.identity.wrap(argv, env), env)
-    except (HandshakeFailed, ProxyFailed, TlsConfigError) as e:
+    except (HandshakeFailed, ProxyFailed, TlsConfigError, TlsSettingsError) as e:
         log.warning(f"{where}: {e}")
         sock.close()
         return None

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 
 from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
@@ -19,6 +19,7 @@ from gevent.socket import socket as GeventSocket
 from s6tls.errors import SystemFailure
 from s6tls.options import ClientCert
 from s6tls.sslvars import TlsInfo
+from s6tls.tlsconfig import TlsSettings, match_name
 
 # Large enough for a full TLS record with its overhead, so one read drains one.
 RECV_SIZE = 65536 + 512
@@ -45,24 +46,22 @@ class ServerSSLObject(ssl.SSLObject):
     servername: str | None = None
 
 
-def _record_servername(obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+def _choose_context(
+    named: Mapping[str, ssl.SSLContext],
+    required: bool,
+    obj: ssl.SSLObject,
+    servername: str | None,
+    _ctx: ssl.SSLContext,
+) -> int | None:
+    """SNI: remember the name, and switch to its pair if one is configured."""
     if isinstance(obj, ServerSSLObject):
-        obj.servername = name
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    """Which files and policy make the TLS context of one connection."""
-
-    keyfile: str
-    certfile: str
-    client_cert: ClientCert = ClientCert.NONE
-    cafile: str | None = None
-    cadir: str | None = None
-
-    def paths(self) -> tuple[str, ...]:
-        """The files whose change means the context must be rebuilt."""
-        return tuple(p for p in (self.keyfile, self.certfile, self.cafile, self.cadir) if p)
+        obj.servername = servername
+    chosen = match_name(named, servername) if servername else None
+    if chosen is not None:
+        obj.context = chosen
+    elif required:
+        return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+    return None
 
 
 def _read(path: str, what: str) -> bytes:
@@ -155,7 +154,22 @@ def _load_trust(ctx: ssl.SSLContext, cafile: str | None, cadir: str | None) -> N
 
 
 def make_context(settings: TlsSettings) -> ssl.SSLContext:
-    """A server context: TLS 1.2 and 1.3, no renegotiation, no compression."""
+    """The context a handshake starts with; SNI may switch it to a named pair."""
+    named = {name: _pair_context(settings, key, cert) for name, key, cert in settings.named}
+    if settings.keyfile and settings.certfile:
+        initial = _pair_context(settings, settings.keyfile, settings.certfile)
+    else:
+        initial = next(iter(named.values()))
+    initial.sni_callback = partial(_choose_context, named, settings.sni_required)
+    return initial
+
+
+def _pair_context(settings: TlsSettings, keyfile: str, certfile: str) -> ssl.SSLContext:
+    """A server context: TLS 1.2 and 1.3, no renegotiation, no compression.
+
+    Each context carries the client-certificate policy itself: OpenSSL keeps
+    the first context's verify mode when SNI switches to another one.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # A bare FIN must not poison the TLS object: the reply still has to go out.
@@ -166,8 +180,7 @@ def make_context(settings: TlsSettings) -> ssl.SSLContext:
         | ssl.OP_IGNORE_UNEXPECTED_EOF
     )
     ctx.sslobject_class = ServerSSLObject
-    ctx.sni_callback = _record_servername
-    _load_pair(ctx, settings.keyfile, settings.certfile)
+    _load_pair(ctx, keyfile, certfile)
     ctx.verify_mode = _VERIFY[settings.client_cert]
     if settings.client_cert is not ClientCert.NONE:
         _load_trust(ctx, settings.cafile, settings.cadir)
