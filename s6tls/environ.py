@@ -77,12 +77,20 @@ def tcp_environ(base: Mapping[str, str], conn: Connection, rule: Changes = ()) -
     return apply(env, rule)
 
 
-def prog_environ(env: Mapping[str, str], tls: TlsInfo, keep_tls: bool) -> dict[str, str]:
-    """The environment prog runs with, once the handshake is done."""
+def prog_environ(
+    env: Mapping[str, str], tls: TlsInfo, keep_tls: bool, drop_identity: bool = False
+) -> dict[str, str]:
+    """The environment prog runs with, once the handshake is done.
+
+    With -U, UID, GID and GIDLIST have been used to choose prog's identity
+    and are removed, as ``s6-applyuidgid -Uz`` does.
+    """
     out = {
         name: value
         for name, value in env.items()
-        if name not in SSL_VARIABLES and (keep_tls or not is_tls_variable(name))
+        if name not in SSL_VARIABLES
+        and (keep_tls or not is_tls_variable(name))
+        and not (drop_identity and name in IDENTITY_VARIABLES)
     }
     out.update(tls.variables())
     return out

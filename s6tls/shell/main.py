@@ -24,6 +24,34 @@ from s6tls.shell.service import Service
 from s6tls.shell.tls import ContextCache
 from s6tls.tlsconfig import settings_from
 
+# systemd socket activation: the first passed socket is fd 3.
+SD_LISTEN_FDS_START = 3
+
+
+def handed_in(env: dict[str, str]) -> socket.socket | None:
+    """A listening socket given to us: systemd's LISTEN_FDS, or on fd 0
+    (as s6-fdholder-retrieve and s6-tcpserver-socketbinder hand it)."""
+    if env.pop("LISTEN_PID", None) == str(os.getpid()) and env.pop("LISTEN_FDS", "0") != "0":
+        env.pop("LISTEN_FDNAMES", None)
+        fd = SD_LISTEN_FDS_START
+    else:
+        fd = 0
+    try:
+        sock = gsocket.socket(fileno=fd)
+    except OSError:
+        return None
+    if (
+        sock.type != socket.SOCK_STREAM
+        or sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    ):
+        sock.detach()
+        if fd != 0:
+            raise SystemFailure(f"fd {fd} is not a listening TCP socket")
+        return None
+    os.set_inheritable(fd, False)  # prog must not get the listener
+    return sock  # type: ignore[no-any-return]
+
 
 def listen(opts: Options) -> socket.socket:
     """Bind and listen on ip:port, one address family only."""
@@ -97,13 +125,13 @@ def main() -> None:
         return
     try:
         check_environment(opts, env)
+        listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
-        listener = listen(opts)
     except S6tlsError as e:
         fail(e)
         return
-    port = listener.getsockname()[1]
-    service.log.info(f"starting - bound to ip {opts.ip} port {port}")
+    ip, port = listener.getsockname()[:2]
+    service.log.info(f"starting - bound to ip {ip} port {port}")
     service.log.info(f"status: 0/{opts.maxconn}")
     if opts.notify:
         notify_ready(port)

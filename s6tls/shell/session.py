@@ -7,14 +7,17 @@ after its job; this module only strings them together and logs the outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import gevent
 
 from s6tls import logline
 from s6tls.environ import Connection, prog_environ, tcp_environ
 from s6tls.shell.access import Denied, check_access
+from s6tls.shell.identity import IdentityError
 from s6tls.shell.proxyread import ProxyFailed, read_proxy_header
 from s6tls.shell.relay import relay
 from s6tls.shell.service import Service
@@ -31,7 +34,6 @@ class Session:
     remote_port: int
     connnum: int
     child: Child | None = None
-    started: bool = field(default=False)
 
 
 def canonical_ip(ip: str) -> str:
@@ -43,7 +45,23 @@ def _seconds(ms: int) -> float | None:
     return ms / 1000 if ms else None
 
 
-def run(service: Service, sock: socket.socket, session: Session, on_start: object) -> int | None:
+def _proxied(conn: Connection, sock: socket.socket, deadline_ms: int) -> tuple[Connection, bytes]:
+    """Read the PROXY header; its addresses replace the TCP ones (-L)."""
+    header, pending = read_proxy_header(sock, _seconds(deadline_ms))
+    if header.source is None or header.destination is None:
+        return conn, pending  # LOCAL, UNKNOWN, or a family without addresses
+    return dataclasses.replace(
+        conn,
+        remote_ip=header.source.ip,
+        remote_port=header.source.port,
+        local_ip=header.destination.ip,
+        local_port=header.destination.port,
+    ), pending
+
+
+def run(
+    service: Service, sock: socket.socket, session: Session, on_start: Callable[[], None]
+) -> int | None:
     """Serve one connection; return prog's wait status, or None if it never ran.
 
     ``on_start`` is called once prog runs, so the server can log ``accept``.
@@ -55,30 +73,28 @@ def run(service: Service, sock: socket.socket, session: Session, on_start: objec
         if opts.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         local_ip, local_port = sock.getsockname()[:2]
-        remote_ip, remote_port = session.remote_ip, session.remote_port
-        pending = b""
-        if opts.proxy:
-            header, pending = read_proxy_header(sock, _seconds(opts.handshake_timeout_ms))
-            if header.source is not None and header.destination is not None:
-                remote_ip, remote_port = header.source.ip, header.source.port
-                local_ip, local_port = header.destination.ip, header.destination.port
         conn = Connection(
             local_ip=canonical_ip(local_ip),
             local_port=local_port,
-            remote_ip=remote_ip,
-            remote_port=remote_port,
+            remote_ip=session.remote_ip,
+            remote_port=session.remote_port,
             connnum=session.connnum,
         )
+        # As upstream, the rules judge the connecting peer: behind -L, the proxy.
         conn, rule = check_access(service, sock, conn)
+        pending = b""
+        if opts.proxy:
+            conn, pending = _proxied(conn, sock, opts.handshake_timeout_ms)
+            where = logline.endpoint(conn.remote_ip, conn.remote_port)
         env = tcp_environ(service.base_env, conn, rule.env if rule else ())
         stream = TlsStream(sock, service.contexts.get(service.tls_settings(env)), pending)
         timeout = _seconds(opts.handshake_timeout_ms)
         with gevent.Timeout(timeout, HandshakeFailed("handshake timed out")):
             info = stream.handshake()
-        env = prog_environ(env, info, opts.keep_tls_env)
+        env = prog_environ(env, info, opts.keep_tls_env, drop_identity=opts.identity_from_env)
         argv = ("execlineb", "-c", rule.exec) if rule and rule.exec else opts.prog
         child = spawn(service.identity.wrap(argv, env), env)
-    except (HandshakeFailed, ProxyFailed, TlsConfigError, TlsSettingsError) as e:
+    except (HandshakeFailed, ProxyFailed, TlsConfigError, TlsSettingsError, IdentityError) as e:
         log.warning(f"{where}: {e}")
         sock.close()
         return None
@@ -97,8 +113,7 @@ def run(service: Service, sock: socket.socket, session: Session, on_start: objec
         return None
 
     session.child = child
-    session.started = True
-    on_start()  # type: ignore[operator]
+    on_start()
     try:
         end = relay(stream, child.stdin, child.stdout, opts.close_notify)
     finally:
