@@ -22,8 +22,9 @@ class Denied(Exception):
 
 def check_access(
     service: Service, sock: socket.socket, conn: Connection
-) -> tuple[Connection, Rule | None]:
-    """Run upstream's access stage; return the connection with its names, and the rule."""
+) -> tuple[Connection, tuple[str, Rule] | None]:
+    """Run upstream's access stage: the connection with its names, and the
+    deciding key and rule (None when no rules are configured)."""
     opts = service.options
     log = service.log
     where = logline.endpoint(conn.remote_ip, conn.remote_port)
@@ -68,4 +69,4 @@ def check_access(
     if not rule.allow:
         raise Denied(f"deny {where} key {key}")
     log.info(f"allow {where} key {key}")
-    return conn, rule
+    return conn, found

@@ -17,10 +17,10 @@ from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse
 from s6tls.rules import CdbRules, DirRules
-from s6tls.shell.identity import Identity
 from s6tls.shell.names import Resolver
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
+from s6tls.shell.spawn import LocalLauncher
 from s6tls.shell.tls import ContextCache
 from s6tls.tlsconfig import settings_from
 
@@ -94,7 +94,7 @@ def build_service(opts: Options, env: dict[str, str]) -> Service:
         log=log,
         base_env=env,
         contexts=ContextCache(log.warning),
-        identity=Identity(opts.uid, opts.gid, opts.groups, opts.identity_from_env),
+        launcher=LocalLauncher(opts),
     )
     # Load the default pair now: a bad key or certificate fails the start, not a client.
     service.contexts.get(service.tls_settings(env))

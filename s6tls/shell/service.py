@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from s6tls.logline import Log
 from s6tls.options import Options
 from s6tls.rules import RuleSource
-from s6tls.shell.identity import Identity
 from s6tls.shell.names import Resolver
+from s6tls.shell.spawn import Launcher
 from s6tls.shell.tls import ContextCache
 from s6tls.tlsconfig import TlsSettings, settings_from
 
@@ -22,7 +22,7 @@ class Service:
     log: Log
     base_env: Mapping[str, str]
     contexts: ContextCache
-    identity: Identity
+    launcher: Launcher
     rules: RuleSource | None = None  # with -i or -x
     resolver: Resolver | None = None  # when DNS or IDENT lookups are on
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass
 import gevent
 
 from s6tls import logline
-from s6tls.environ import Connection, prog_environ, tcp_environ
+from s6tls.environ import Connection, tcp_environ
+from s6tls.identity import IdentityError
 from s6tls.shell.access import Denied, check_access
-from s6tls.shell.identity import IdentityError
 from s6tls.shell.proxyread import ProxyFailed, read_proxy_header
 from s6tls.shell.relay import relay
 from s6tls.shell.service import Service
-from s6tls.shell.spawn import Child, SpawnFailed, spawn
+from s6tls.shell.spawn import Child, SpawnFailed
 from s6tls.shell.tls import HandshakeFailed, TlsConfigError, TlsStream
 from s6tls.tlsconfig import TlsSettingsError
 
@@ -81,7 +81,8 @@ def run(
             connnum=session.connnum,
         )
         # As upstream, the rules judge the connecting peer: behind -L, the proxy.
-        conn, rule = check_access(service, sock, conn)
+        conn, found = check_access(service, sock, conn)
+        rule = found[1] if found else None
         pending = b""
         if opts.proxy:
             conn, pending = _proxied(conn, sock, opts.handshake_timeout_ms)
@@ -91,9 +92,7 @@ def run(
         timeout = _seconds(opts.handshake_timeout_ms)
         with gevent.Timeout(timeout, HandshakeFailed("handshake timed out")):
             info = stream.handshake()
-        env = prog_environ(env, info, opts.keep_tls_env, drop_identity=opts.identity_from_env)
-        argv = ("execlineb", "-c", rule.exec) if rule and rule.exec else opts.prog
-        child = spawn(service.identity.wrap(argv, env), env)
+        child = service.launcher.launch(conn, env, found, info)
     except (HandshakeFailed, ProxyFailed, TlsConfigError, TlsSettingsError, IdentityError) as e:
         log.warning(f"{where}: {e}")
         sock.close()

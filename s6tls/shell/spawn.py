@@ -11,9 +11,15 @@ import fcntl
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Protocol
 
 from gevent.socket import wait_read
+
+from s6tls.environ import Connection
+from s6tls.launch import prog_command
+from s6tls.options import Options
+from s6tls.rules import Rule
+from s6tls.sslvars import TlsInfo
 
 # A bigger pipe means fewer wake-ups per megabyte relayed.
 PIPE_SIZE = 1 << 20
@@ -24,14 +30,26 @@ class SpawnFailed(Exception):
     """prog could not be started; the message names it and says why."""
 
 
-@dataclass
-class Child:
+class Child(Protocol):
     """A running prog, with the server's ends of its stdin and stdout pipes."""
 
     pid: int
     stdin: int  # we write prog's input here
     stdout: int  # we read prog's output here
-    pidfd: int
+
+    def signal(self, signum: int) -> None: ...
+
+    def wait(self) -> int | None:
+        """Wait cooperatively for prog's end: its wait status, or None if
+        this process cannot know it (a drainer after SIGTERM)."""
+
+
+class LocalChild:
+    """A prog this process started itself, watched through a pidfd."""
+
+    def __init__(self, pid: int, stdin: int, stdout: int) -> None:
+        self.pid, self.stdin, self.stdout = pid, stdin, stdout
+        self._pidfd = os.pidfd_open(pid)
 
     def signal(self, signum: int) -> None:
         try:
@@ -40,48 +58,80 @@ class Child:
             pass
 
     def wait(self) -> int | None:
-        """Wait cooperatively for prog to end; its wait status, or None if
-        this process is not its parent (a drainer after SIGTERM)."""
-        wait_read(self.pidfd)
-        os.close(self.pidfd)
-        self.pidfd = -1
+        wait_read(self._pidfd)
+        os.close(self._pidfd)
         try:
             return os.waitpid(self.pid, 0)[1]
         except ChildProcessError:
             return None
 
 
-def _pipe() -> tuple[int, int]:
-    r, w = os.pipe2(os.O_CLOEXEC)
+def pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """prog's stdin and stdout pipes, big, close-on-exec, non-blocking on our side.
+
+    Returns ((prog's stdin, our end), (our end, prog's stdout)).
+    """
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
     try:
-        fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_SIZE)
+        fcntl.fcntl(in_w, _F_SETPIPE_SZ, PIPE_SIZE)
+        fcntl.fcntl(out_w, _F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # over /proc/sys/fs/pipe-max-size for this user: keep the default
-    return r, w
+    os.set_blocking(in_w, False)
+    os.set_blocking(out_r, False)
+    return (in_r, in_w), (out_r, out_w)
 
 
-def spawn(argv: Sequence[str], env: Mapping[str, str]) -> Child:
-    """Start argv (looked up in PATH) with pipes on fds 0 and 1, stderr shared."""
-    in_r, in_w = _pipe()
-    out_r, out_w = _pipe()
+def spawn_on(argv: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int) -> int:
+    """Start argv (looked up in PATH) on these fds 0 and 1, stderr shared; its pid."""
     try:
-        pid = os.posix_spawnp(
+        return os.posix_spawnp(
             argv[0],
             list(argv),
             env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, in_r, 0),
-                (os.POSIX_SPAWN_DUP2, out_w, 1),
-            ],
+            file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1)],
             # Python ignores these; prog must get the defaults back.
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         )
     except OSError as e:
-        for fd in (in_r, in_w, out_r, out_w):
-            os.close(fd)
         raise SpawnFailed(f"unable to exec {argv[0]}: {e.strerror}") from None
-    os.close(in_r)
-    os.close(out_w)
-    os.set_blocking(in_w, False)
-    os.set_blocking(out_r, False)
-    return Child(pid=pid, stdin=in_w, stdout=out_r, pidfd=os.pidfd_open(pid))
+
+
+class Launcher(Protocol):
+    """Starts prog for a connection whose access check and handshake passed."""
+
+    def launch(
+        self,
+        conn: Connection,
+        tcp_env: Mapping[str, str],
+        found: tuple[str, Rule] | None,
+        info: TlsInfo,
+    ) -> Child: ...
+
+
+class LocalLauncher:
+    """Starts prog from this process (the server is not split for TLS_UID)."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+
+    def launch(
+        self,
+        conn: Connection,
+        tcp_env: Mapping[str, str],
+        found: tuple[str, Rule] | None,
+        info: TlsInfo,
+    ) -> Child:
+        argv, env = prog_command(self.opts, tcp_env, found[1] if found else None, info)
+        (in_r, in_w), (out_r, out_w) = pipes()
+        try:
+            pid = spawn_on(argv, env, in_r, out_w)
+        except SpawnFailed:
+            os.close(in_w)
+            os.close(out_r)
+            raise
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        return LocalChild(pid, in_w, out_r)

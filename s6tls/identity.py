@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from s6tls.errors import UsageError
-from s6tls.options import parse_groups, unsigned
+from s6tls.options import Options, parse_groups, unsigned
 
 
 class IdentityError(Exception):
@@ -25,6 +25,10 @@ class Identity:
     gid: int | None = None
     groups: tuple[int, ...] | None = None
     from_env: bool = False
+
+    @classmethod
+    def from_options(cls, opts: Options) -> Identity:
+        return cls(opts.uid, opts.gid, opts.groups, opts.identity_from_env)
 
     @property
     def changes(self) -> bool:

@@ -1,0 +1,540 @@
+"""djb's ``tcprules`` text (ucspi-tcp) and its exact translation into s6 access rules.
+
+A tcprules line is ``ADDRESS:allow`` or ``ADDRESS:deny``, optionally followed
+by ``,NAME="value"`` assignments (any repeated character may replace the
+quotes); ``#`` starts a comment line and a line without a colon is ignored,
+as ``tcprules`` does. ``1.2.3.37-53`` and ``10.2-3.`` are ranges. ucspi-tcp's
+``tcpserver`` looks up, in this fixed order: the client's address, ``=NAME``,
+the address prefixes ending in a dot (longest first), ``=.SUFFIX`` (longest
+first), ``=`` (any named client), then the empty address; among lines
+with the same address the first one wins, and with no match the client is
+allowed. s6 tries every address prefix (down to ``ip4/0.0.0.0_0``) before
+any name, its ``reversedns/example.com`` also matches ``example.com`` itself
+while tcprules' ``=.example.com`` does not, and it denies a client no rule
+matches.
+
+The translation is exact or refused: every line is converted (a prefix
+``1.2.3.`` becomes ``ip4/1.2.3.0_24``, a range the fewest CIDR prefixes,
+``=name`` and ``=.name`` become ``reversedns/name``, ``=`` becomes
+``reversedns/@``, the empty address ``ip4/0.0.0.0_0`` and ``ip6/::_0``), then
+the decisions of both rulesets are compared for one client of every kind
+the rules can tell apart. A line that tcpserver can never use, one that a
+later line repeats with different instructions (tcprules keeps the first,
+s6 prefers the more specific), an IDENT rule (``user@address``) and any
+change of decision are errors naming the lines; nothing is converted then.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from s6tls.rules.codec import Rule, encode
+from s6tls.rules.errors import RulesError, RuleTooBigError
+from s6tls.rules.keys import ip_keys, name_keys
+
+# A client address as tcpserver writes it: dotted decimal, no leading zeros.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_EXACT = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+_PREFIX = re.compile(rf"(?:{_OCTET}\.){{1,3}}")
+_LABEL = re.compile(r"[^./\s\0]+")
+_DIGITS = re.compile(r"[0-9]*")
+
+# At most this many conflicts are reported, so one bad default does not
+# bury the message under a line per address rule.
+MAX_PROBLEMS = 20
+
+_IP4_ALL = ipaddress.IPv4Network("0.0.0.0/0")
+# Any IPv6 client: ucspi-tcp's rules cannot name one, so every IPv6 address
+# is decided alike.
+_IP6_CLIENT = "2001:db8::1"
+
+
+class TcpRulesError(RulesError):
+    """A tcprules text that cannot be read, or whose decisions s6 rules cannot keep.
+
+    ``problems`` holds one message per problem, each naming its lines.
+    """
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True)
+class TcpRule:
+    """One rule line of a tcprules file, with the keys ``tcprules`` makes of it."""
+
+    line: int
+    text: str
+    address: str
+    allow: bool
+    env: tuple[tuple[str, str], ...] = ()
+    keys: tuple[str, ...] = ()
+
+    def outcome(self) -> Outcome:
+        """What tcpserver does with a client this line decides."""
+        return (True, frozenset(dict(self.env).items())) if self.allow else _DENY
+
+    def describe(self) -> str:
+        """The line number and text, for messages."""
+        return f"line {self.line} ({self.text})"
+
+
+# (allowed, environment set): how tcpserver and s6 decisions are compared.
+Outcome = tuple[bool, frozenset[tuple[str, str]]]
+_DENY: Outcome = (False, frozenset())
+_DEFAULT_ALLOW: Outcome = (True, frozenset())
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """The s6 rules equivalent to a tcprules text, and the line each key comes from.
+
+    ``origin`` maps a key to its line number, or to None for the allow rules
+    standing for tcpserver's default (a text without an empty-address line).
+    """
+
+    rules: Mapping[str, Rule]
+    origin: Mapping[str, int | None]
+    warnings: tuple[str, ...] = ()
+
+
+def parse_tcprules(text: str) -> list[TcpRule]:
+    """Return the rule lines of a tcprules text; TcpRulesError for a line tcprules rejects.
+
+    Like ``tcprules``, reading stops at the first unparsable line; comments,
+    blank lines and lines without a colon are skipped.
+    """
+    rules = []
+    for number, raw in enumerate(_lines(text), start=1):
+        if not raw or raw.startswith("#"):
+            continue
+        line = raw.rstrip(" \t")
+        colon = line.find(":")
+        if colon < 0:
+            continue
+        address = line[:colon]
+        parsed = _parse_instructions(line[colon + 1 :])
+        if parsed is None:
+            raise TcpRulesError([f"line {number}: unable to parse this line: {line}"])
+        allow, env = parsed
+        keys = _expand(address)
+        if keys is None:
+            raise TcpRulesError([f"line {number}: unable to parse this line: {line}"])
+        rules.append(TcpRule(number, line, address, allow, env, keys))
+    return rules
+
+
+def tcprules_table(rules: Iterable[TcpRule]) -> dict[str, TcpRule]:
+    """Return the lookup table ``tcprules`` builds: each key to the first line holding it."""
+    table: dict[str, TcpRule] = {}
+    for rule in rules:
+        for key in rule.keys:
+            table.setdefault(key, rule)
+    return table
+
+
+def tcpserver_lookup(
+    table: Mapping[str, TcpRule], ip: str, host: str | None = None
+) -> tuple[str, TcpRule] | None:
+    """Return the key and line tcpserver follows for a client, or None (allowed by default).
+
+    The order is ucspi-tcp's rules.c, without the IDENT (``info@``) keys.
+    """
+    for key in _tcpserver_keys(ip, host):
+        found = table.get(key)
+        if found is not None:
+            return key, found
+    return None
+
+
+def convert_tcprules(rules: Sequence[TcpRule], *, names: bool = True) -> Conversion:
+    """Return the s6 rules making the same decisions as ``rules``; TcpRulesError if none can.
+
+    With ``names`` false the result is for a server run with ``-H`` (and
+    tcpserver with ``-H``): lines matching names are left out and only
+    clients without a name are compared.
+    """
+    problems: list[str] = []
+    used = [rule for rule in rules if names or not _is_name_address(rule.address)]
+    for rule in used:
+        problems += _unusable(rule)
+    problems += _repeated_keys(used)
+    if problems:
+        raise TcpRulesError(problems[:MAX_PROBLEMS])
+    table = tcprules_table(used)
+    s6: dict[str, tuple[Rule, TcpRule | None]] = {}
+    for rule in used:
+        for key in _s6_keys(rule, table):
+            problems += _put(s6, key, rule)
+    default = table.get("")
+    warnings = []
+    if default is None:
+        warnings.append(
+            "no line for the empty address: tcpserver allows a client no line matches,"
+            " so ip4/0.0.0.0_0 and ip6/::_0 allow them"
+        )
+    has_names = any(key.startswith("reversedns/") for key in s6)
+    if default is None or default.allow or not has_names:
+        # A denying default is left out when name rules exist: s6 denies an
+        # unmatched client anyway, and ip4/0.0.0.0_0 would hide every name.
+        for key in ("ip4/0.0.0.0_0", "ip6/::_0"):
+            problems += _put(s6, key, default)
+    if not problems:
+        problems += _compare(table, s6, names)
+    if problems:
+        raise TcpRulesError(problems[:MAX_PROBLEMS])
+    ordered = sorted(s6)
+    return Conversion(
+        rules={key: s6[key][0] for key in ordered},
+        origin={key: _line_of(s6[key][1]) for key in ordered},
+        warnings=tuple(warnings),
+    )
+
+
+def import_tcprules(text: str, *, names: bool = True) -> dict[str, Rule]:
+    """Return the s6 rules (key to rule) equivalent to a tcprules text; TcpRulesError if none."""
+    return dict(convert_tcprules(parse_tcprules(text), names=names).rules)
+
+
+def range_prefixes(first: int, last: int, bits: int = 32) -> list[tuple[int, int]]:
+    """Return the fewest (network, prefix length) pairs covering first..last exactly.
+
+    Addresses are integers of ``bits`` bits; ``first`` must not exceed ``last``.
+    """
+    if not 0 <= first <= last < 1 << bits:
+        raise ValueError(f"not a range of {bits}-bit addresses: {first}..{last}")
+    prefixes = []
+    while first <= last:
+        # The largest block aligned on `first` that stays within the range.
+        size = first & -first if first else 1 << bits
+        while size > last - first + 1:
+            size >>= 1
+        prefixes.append((first, bits - size.bit_length() + 1))
+        first += size
+    return prefixes
+
+
+def _lines(text: str) -> Iterator[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return iter(lines)
+
+
+def _parse_instructions(text: str) -> tuple[bool, tuple[tuple[str, str], ...]] | None:
+    """Parse ``allow``/``deny`` and the assignments after it, as tcprules.c does."""
+    if text.startswith("deny"):
+        allow, rest = False, text[4:]
+    elif text.startswith("allow"):
+        allow, rest = True, text[5:]
+    else:
+        return None
+    env = []
+    while rest:
+        if rest[0] != ",":
+            return None
+        equals = rest.find("=")
+        if equals < 0 or equals + 1 >= len(rest):
+            return None
+        name = rest[1:equals]
+        quote = rest[equals + 1]
+        end = rest.find(quote, equals + 2)
+        if end < 0:
+            return None
+        env.append((name, rest[equals + 2 : end]))
+        rest = rest[end + 1 :]
+    return allow, tuple(env)
+
+
+def _expand(address: str) -> tuple[str, ...] | None:
+    """Return the keys tcprules stores for an address (a range gives one per number).
+
+    None when tcprules rejects the range's numbers.
+    """
+    dash = address.find("-")
+    if dash < 0 or "=" in address or "@" in address:
+        return (address,)
+    left = address.rfind(".", 0, dash) + 1
+    right = address.find(".", dash + 1)
+    if right < 0:
+        right = len(address)
+    bottom, top = address[left:dash], address[dash + 1 : right]
+    # tcprules reads an empty number as 0.
+    if not (_DIGITS.fullmatch(bottom) and _DIGITS.fullmatch(top)):
+        return None
+    low, high = int(bottom or "0"), min(int(top or "0"), 255)
+    head, tail = address[:left], address[right:]
+    return tuple(f"{head}{n}{tail}" for n in range(low, high + 1))
+
+
+def _is_name_address(address: str) -> bool:
+    return address.startswith("=") and "@" not in address
+
+
+def _unusable(rule: TcpRule) -> list[str]:
+    """Why a line cannot be translated: an address tcpserver never matches, or bad env."""
+    where = rule.describe()
+    if "@" in rule.address:
+        return [f"{where}: IDENT rules (user@address) have no s6 equivalent"]
+    if not rule.keys:
+        return [f"{where}: the range is empty: tcpserver never uses this line"]
+    for key in rule.keys:
+        if not _matchable(key):
+            return [
+                f"{where}: tcpserver never matches the address {key!r}"
+                " (use a dotted-quad address, a prefix ending in a dot, a range,"
+                " =name, =.suffix, = or nothing)"
+            ]
+    if not rule.allow:
+        return []
+    problems = []
+    for name, value in rule.env:
+        if not name or name.startswith(".") or "/" in name or "\0" in name:
+            problems.append(f"{where}: variable {name!r} cannot be an s6 envdir file")
+        elif "\0" in value:
+            problems.append(f"{where}: the value of {name} holds a NUL byte")
+        elif value != value.rstrip(" \t\r"):
+            problems.append(
+                f"{where}: the value of {name} ends with a blank, which an s6 envdir drops"
+            )
+    if not problems:
+        try:
+            encode(_s6_rule(rule))
+        except RuleTooBigError as e:
+            problems.append(f"{where}: {e}")
+    return problems
+
+
+def _matchable(key: str) -> bool:
+    if key in ("", "="):
+        return True
+    if key.startswith("="):
+        name = key[2:] if key.startswith("=.") else key[1:]
+        labels = name.split(".")
+        return all(_LABEL.fullmatch(label) for label in labels)
+    return bool(_EXACT.fullmatch(key) or _PREFIX.fullmatch(key))
+
+
+def _repeated_keys(rules: Sequence[TcpRule]) -> list[str]:
+    """Report a line that repeats an earlier line's key with other instructions."""
+    owner: dict[str, TcpRule] = {}
+    reported: set[tuple[int, int]] = set()
+    problems = []
+    for rule in rules:
+        for key in rule.keys:
+            first = owner.setdefault(key, rule)
+            if first is rule or first.outcome() == rule.outcome():
+                continue
+            pair = (first.line, rule.line)
+            if pair in reported:
+                continue
+            reported.add(pair)
+            shown = key if key else "the empty address"
+            problems.append(
+                f"{rule.describe()} never applies to {shown}: {first.describe()}"
+                " comes first and tcprules keeps the first line for an address,"
+                " while s6 would prefer the more specific one;"
+                " remove one of them or make their instructions the same"
+            )
+    return problems
+
+
+def _s6_rule(rule: TcpRule | None) -> Rule:
+    if rule is None:
+        return Rule(allow=True)
+    if not rule.allow:
+        return Rule(allow=False)
+    return Rule(allow=True, env=tuple(sorted(dict(rule.env).items())))
+
+
+def _line_of(rule: TcpRule | None) -> int | None:
+    return None if rule is None else rule.line
+
+
+def _s6_keys(rule: TcpRule, table: Mapping[str, TcpRule]) -> list[str]:
+    """The s6 keys for the keys this line owns (those no earlier line holds)."""
+    owned = [key for key in rule.keys if table.get(key) is rule]
+    if not owned or owned == [""]:
+        return []  # the empty address: added once all lines are placed
+    address = rule.address
+    if address.startswith("="):
+        name = address[2:] if address.startswith("=.") else address[1:]
+        return [f"reversedns/{name or '@'}"]
+    spans = sorted(_span(key) for key in owned)
+    keys = []
+    for first, last in _merge(spans):
+        for network, length in range_prefixes(first, last):
+            keys.append(f"ip4/{ipaddress.IPv4Address(network)}_{length}")
+    return keys
+
+
+def _span(key: str) -> tuple[int, int]:
+    """The first and last address a numeric key (address or prefix) matches."""
+    parts = [int(p) for p in key.rstrip(".").split(".")]
+    free = 8 * (4 - len(parts))
+    base = 0
+    for part in parts:
+        base = base << 8 | part
+    base <<= free
+    return base, base + (1 << free) - 1
+
+
+def _merge(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for first, last in spans:
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
+
+
+def _put(s6: dict[str, tuple[Rule, TcpRule | None]], key: str, rule: TcpRule | None) -> list[str]:
+    new = _s6_rule(rule)
+    old = s6.get(key)
+    if old is None:
+        s6[key] = (new, rule)
+        return []
+    if old[0] == new:
+        return []
+    first = _describe(old[1])
+    second = _describe(rule)
+    return [f"{first} and {second} would both become {key}, with different instructions"]
+
+
+def _describe(rule: TcpRule | None) -> str:
+    return "tcpserver's default (allow)" if rule is None else rule.describe()
+
+
+def _tcpserver_keys(ip: str, host: str | None) -> Iterator[str]:
+    yield ip
+    if host is not None:
+        yield f"={host}"
+    for end in range(len(ip), 0, -1):
+        if ip[end - 1] == ".":
+            yield ip[:end]
+    if host is not None:
+        for at, char in enumerate(host):
+            if char == ".":
+                yield f"={host[at:]}"
+        yield "="
+    yield ""
+
+
+def _s6_lookup(
+    s6: Mapping[str, tuple[Rule, TcpRule | None]], ip: str, host: str | None
+) -> tuple[str, Rule, TcpRule | None] | None:
+    keys = ip_keys(ip) + (name_keys(host) if host else [])
+    for key in keys:
+        found = s6.get(key)
+        if found is not None:
+            return key, found[0], found[1]
+    return None
+
+
+def _rule_outcome(rule: Rule | None) -> Outcome:
+    if rule is None or not rule.allow:
+        return _DENY
+    return (True, frozenset((name, value) for name, value in rule.env if value is not None))
+
+
+def _compare(
+    table: Mapping[str, TcpRule], s6: Mapping[str, tuple[Rule, TcpRule | None]], names: bool
+) -> list[str]:
+    """Compare tcpserver's and s6's decisions for one client of every distinguishable kind."""
+    problems = []
+    seen: set[tuple[int | None, int | None, str | None]] = set()
+    for ip in _ip_representatives(table, s6):
+        for host in _host_representatives(table) if names else [None]:
+            theirs = tcpserver_lookup(table, ip, host)
+            ours = _s6_lookup(s6, ip, host)
+            their_rule = theirs[1] if theirs else None
+            their_outcome = their_rule.outcome() if their_rule else _DEFAULT_ALLOW
+            our_outcome = _rule_outcome(ours[1] if ours else None)
+            if their_outcome == our_outcome:
+                continue
+            our_origin = ours[2] if ours else None
+            pair = (_line_of(their_rule), _line_of(our_origin), ours[0] if ours else None)
+            if pair in seen:
+                continue
+            seen.add(pair)
+            problems.append(_mismatch(ip, host, their_rule, ours))
+    return problems
+
+
+def _mismatch(
+    ip: str,
+    host: str | None,
+    theirs: TcpRule | None,
+    ours: tuple[str, Rule, TcpRule | None] | None,
+) -> str:
+    client = f"a client at {ip}" + (f" named {host}" if host else " without a name")
+    their_side = _describe(theirs)
+    if ours is None:
+        our_side, reason = "no rule (deny)", "s6 denies a client no rule matches"
+    else:
+        key, _, origin = ours
+        our_side = f"{_describe(origin)} as {key}"
+        reason = "the two rulesets decide differently"
+        if key.startswith("reversedns/") and host is not None and key == f"reversedns/{host}":
+            if origin is not None and origin.address.startswith("=."):
+                reason = (
+                    f"tcprules' ={origin.address[1:]} matches only names ending in"
+                    f" {origin.address[1:]}, s6's {key} also matches {host} itself"
+                )
+        elif host is not None and theirs is not None and theirs.address.startswith("="):
+            reason = "s6 tries every address rule, down to ip4/0.0.0.0_0, before any name rule"
+    return f"{client} gets {their_side} from tcpserver but {our_side} from s6: {reason}"
+
+
+def _ip_representatives(
+    table: Mapping[str, TcpRule], s6: Mapping[str, tuple[Rule, TcpRule | None]]
+) -> list[str]:
+    """One IPv4 address per set of networks a client can be in, and one IPv6 address.
+
+    The networks are those of both rulesets; for each one, an address inside
+    it and outside every smaller one (when there is such an address).
+    """
+    networks = {_IP4_ALL}
+    for key in table:
+        if _EXACT.fullmatch(key) or _PREFIX.fullmatch(key):
+            first, last = _span(key)
+            networks.add(
+                ipaddress.IPv4Network((first, 32 - (last - first + 1).bit_length() + 1))
+            )
+    for key in s6:
+        if key.startswith("ip4/"):
+            networks.add(ipaddress.IPv4Network(key[4:].replace("_", "/")))
+    ordered = sorted(networks, key=lambda n: (int(n.network_address), n.prefixlen))
+    found = []
+    for at, network in enumerate(ordered):
+        start, end = int(network.network_address), int(network.broadcast_address)
+        candidate = start
+        for inner in ordered[at + 1 :]:
+            inner_start = int(inner.network_address)
+            if inner_start > end or inner_start > candidate:
+                break
+            candidate = max(candidate, int(inner.broadcast_address) + 1)
+        if candidate <= end:
+            found.append(str(ipaddress.IPv4Address(candidate)))
+    return [*found, _IP6_CLIENT]
+
+
+def _host_representatives(table: Mapping[str, TcpRule]) -> list[str | None]:
+    """No name, every name the rules mention, a name below each, and an unrelated one."""
+    mentioned = sorted(
+        {key[2:] if key.startswith("=.") else key[1:] for key in table if key.startswith("=")}
+        - {""}
+    )
+    labels = {label for name in mentioned for label in name.split(".")}
+    fresh = "unlisted"
+    while fresh in labels:
+        fresh += "x"
+    hosts: list[str | None] = [None, fresh]
+    for name in mentioned:
+        hosts += [name, f"{fresh}.{name}"]
+    return hosts
