@@ -18,6 +18,7 @@ from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse
 from s6tls.rules import CdbRules, DirRules
 from s6tls.shell.names import Resolver
+from s6tls.shell.privsep import parse_ids, split
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
@@ -85,6 +86,13 @@ def check_environment(opts: Options, env: dict[str, str]) -> None:
     )
     if identity_asked and os.geteuid() != 0:
         raise UsageError("-u, -g, -G and -U need the server to run as root")
+    if separates_privileges(env):
+        parse_ids(env)
+
+
+def separates_privileges(env: dict[str, str]) -> bool:
+    """Started as root with TLS_UID/TLS_GID: the TLS engine must not stay root."""
+    return os.geteuid() == 0 and ("TLS_UID" in env or "TLS_GID" in env)
 
 
 def build_service(opts: Options, env: dict[str, str]) -> Service:
@@ -127,6 +135,13 @@ def main() -> None:
         check_environment(opts, env)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
+        if separates_privileges(env):
+            uid, gid = parse_ids(env)
+            helper = split(opts, env, service.rules, uid, gid, [listener.fileno()])
+            service.launcher = helper
+            service.contexts.files = helper
+            if service.rules is not None:
+                service.rules = helper
     except S6tlsError as e:
         fail(e)
         return

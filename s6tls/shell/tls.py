@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
+from typing import Protocol
 
 from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
@@ -64,10 +65,40 @@ def _choose_context(
     return None
 
 
-def _read(path: str, what: str) -> bytes:
-    try:
+FileIdentity = tuple[int, int, int, int, int]
+
+
+class Files(Protocol):
+    """How the TLS engine reaches its files: directly, or through the
+    privileged helper once the server runs as TLS_UID."""
+
+    def read(self, path: str) -> bytes: ...
+
+    def identity(self, path: str) -> FileIdentity: ...
+
+    def listdir(self, path: str) -> list[str]:
+        """The regular files in a directory, as full paths, sorted."""
+
+
+class LocalFiles:
+    """Files read by this process itself."""
+
+    def read(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
+
+    def identity(self, path: str) -> FileIdentity:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+    def listdir(self, path: str) -> list[str]:
+        paths = (os.path.join(path, name) for name in sorted(os.listdir(path)))
+        return [p for p in paths if os.path.isfile(p)]
+
+
+def _read(files: Files, path: str, what: str) -> bytes:
+    try:
+        return files.read(path)
     except OSError as e:
         raise TlsConfigError(f"unable to read {what} {path}: {e.strerror}") from None
 
@@ -105,9 +136,9 @@ def _memory_file(data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
-def _load_pair(ctx: ssl.SSLContext, keyfile: str, certfile: str) -> None:
-    cert = _cert_pem(_read(certfile, "certificate"))
-    key = _read(keyfile, "key")
+def _load_pair(ctx: ssl.SSLContext, files: Files, keyfile: str, certfile: str) -> None:
+    cert = _cert_pem(_read(files, certfile, "certificate"))
+    key = _read(files, keyfile, "key")
     reason = "no usable key"
     with _memory_file(cert) as cert_path:
         for candidate in _key_pems(key):
@@ -120,51 +151,41 @@ def _load_pair(ctx: ssl.SSLContext, keyfile: str, certfile: str) -> None:
     raise TlsConfigError(f"unable to use key {keyfile} with certificate {certfile}: {reason}")
 
 
-def _load_trust(ctx: ssl.SSLContext, cafile: str | None, cadir: str | None) -> None:
-    """Trust anchors from CADIR (any file names, PEM or DER) or else CAFILE."""
+def _load_trust(ctx: ssl.SSLContext, files: Files, cafile: str | None, cadir: str | None) -> None:
+    """Trust anchors from CADIR (any file names, PEM or DER) or else CAFILE (PEM)."""
     if cadir:
         try:
-            names = sorted(os.listdir(cadir))
+            paths = files.listdir(cadir)
         except OSError as e:
             raise TlsConfigError(f"unable to read CADIR {cadir}: {e.strerror}") from None
-        for name in names:
-            path = os.path.join(cadir, name)
-            if not os.path.isfile(path):
-                continue
-            data = _read(path, "trust anchor")
-            try:
-                if _is_pem(data):
-                    ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
-                else:
-                    ctx.load_verify_locations(cadata=data)
-            except (ssl.SSLError, ValueError) as e:
-                reason = getattr(e, "reason", None) or str(e)
-                raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
-    elif cafile:
+    else:
+        paths = [cafile] if cafile else []
+    for path in paths:
+        data = _read(files, path, "trust anchors in")
         try:
-            ctx.load_verify_locations(cafile=cafile)
-        except OSError as e:
-            raise TlsConfigError(
-                f"unable to read trust anchors in {cafile}: {e.strerror}"
-            ) from None
-        except ssl.SSLError as e:
-            raise TlsConfigError(
-                f"unable to read trust anchors in {cafile}: {e.reason or e}"
-            ) from None
+            if _is_pem(data):
+                ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
+            else:
+                ctx.load_verify_locations(cadata=data)
+        except (ssl.SSLError, ValueError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
 
 
-def make_context(settings: TlsSettings) -> ssl.SSLContext:
+def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
     """The context a handshake starts with; SNI may switch it to a named pair."""
-    named = {name: _pair_context(settings, key, cert) for name, key, cert in settings.named}
+    named = {name: _pair_context(settings, files, key, cert) for name, key, cert in settings.named}
     if settings.keyfile and settings.certfile:
-        initial = _pair_context(settings, settings.keyfile, settings.certfile)
+        initial = _pair_context(settings, files, settings.keyfile, settings.certfile)
     else:
         initial = next(iter(named.values()))
     initial.sni_callback = partial(_choose_context, named, settings.sni_required)
     return initial
 
 
-def _pair_context(settings: TlsSettings, keyfile: str, certfile: str) -> ssl.SSLContext:
+def _pair_context(
+    settings: TlsSettings, files: Files, keyfile: str, certfile: str
+) -> ssl.SSLContext:
     """A server context: TLS 1.2 and 1.3, no renegotiation, no compression.
 
     Each context carries the client-certificate policy itself: OpenSSL keeps
@@ -180,19 +201,11 @@ def _pair_context(settings: TlsSettings, keyfile: str, certfile: str) -> ssl.SSL
         | ssl.OP_IGNORE_UNEXPECTED_EOF
     )
     ctx.sslobject_class = ServerSSLObject
-    _load_pair(ctx, keyfile, certfile)
+    _load_pair(ctx, files, keyfile, certfile)
     ctx.verify_mode = _VERIFY[settings.client_cert]
     if settings.client_cert is not ClientCert.NONE:
-        _load_trust(ctx, settings.cafile, settings.cadir)
+        _load_trust(ctx, files, settings.cafile, settings.cadir)
     return ctx
-
-
-FileIdentity = tuple[int, int, int, int, int]
-
-
-def _identity(path: str) -> FileIdentity:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class ContextCache:
@@ -203,15 +216,16 @@ class ContextCache:
     and is reported once.
     """
 
-    def __init__(self, warn: Callable[[str], None]) -> None:
+    def __init__(self, warn: Callable[[str], None], files: Files | None = None) -> None:
         self._warn = warn
+        self.files: Files = files or LocalFiles()
         self._entries: dict[TlsSettings, tuple[tuple[FileIdentity, ...], ssl.SSLContext]] = {}
         self._failed: dict[TlsSettings, tuple[FileIdentity, ...]] = {}
 
     def get(self, settings: TlsSettings) -> ssl.SSLContext:
         entry = self._entries.get(settings)
         try:
-            ids = tuple(_identity(p) for p in settings.paths())
+            ids = tuple(self.files.identity(p) for p in settings.paths())
         except OSError as e:
             if entry is None:
                 raise TlsConfigError(f"unable to read {e.filename}: {e.strerror}") from None
@@ -221,7 +235,7 @@ class ContextCache:
         if entry is not None and self._failed.get(settings) == ids:
             return entry[1]
         try:
-            ctx = make_context(settings)
+            ctx = make_context(settings, self.files)
         except TlsConfigError as e:
             if entry is None:
                 raise

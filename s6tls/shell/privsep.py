@@ -1,0 +1,445 @@
+"""Privilege separation: the TLS engine runs as TLS_UID, a small helper keeps root.
+
+Upstream runs its TLS engine (s6-tlsd-io) as TLS_UID:TLS_GID, so a bug in
+TLS parsing never runs as root. Here the TLS engine lives in the server
+process, so when started as root with TLS_UID/TLS_GID set, the server:
+
+1. binds its socket and loads its key material as root;
+2. forks this helper, which keeps root and never touches the network;
+3. drops to TLS_UID:TLS_GID with no supplementary groups, for good
+   (real, effective and saved ids all changed).
+
+The unprivileged server then accepts, reads PROXY headers, talks TLS and
+relays; whatever needs root goes to the helper over a socketpair, as JSON
+messages (never pickle: the server side is the untrusted one here).
+
+Threat model: an attacker who takes over the unprivileged server can ask
+the helper only for what the configuration allows anyway. The helper
+
+- starts only the command line's prog or the ``exec`` of a rule it finds
+  itself in the ruleset, with the identity the options (or, for -U, the
+  server's environment and that rule) give, and an environment it builds
+  itself from the same pure functions as the server: the requester supplies
+  the connection's facts (addresses, names, TLS parameters), which only ever
+  become the values of TCP* and SSL_* variables;
+- opens, stats or lists only the files named by KEYFILE, CERTFILE, CAFILE,
+  CADIR (and their ``:name`` forms) in the server's environment or in a
+  rule's environment, and the files inside such a CADIR;
+- signals only the progs it started and that are still running;
+- answers rule look-ups from the ruleset given on the command line.
+
+The worst a compromised server can do is run the configured prog for a
+made-up client, or read the configured key files: the same as a server
+that was never separated. It cannot run other programs, pick another
+identity, set LD_PRELOAD or read other files.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import selectors
+import socket
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
+
+import gevent
+from gevent import socket as gsocket
+from gevent.event import AsyncResult
+from gevent.lock import Semaphore
+
+from s6tls.environ import Connection, is_tls_variable, tcp_environ
+from s6tls.errors import UsageError
+from s6tls.launch import prog_command
+from s6tls.options import Options, unsigned
+from s6tls.rules import Rule, RuleSource, compile_dir, decode, read_cdb
+from s6tls.rules.errors import RulesError
+from s6tls.shell.spawn import SpawnFailed, pipes, spawn_on
+from s6tls.shell.tls import FileIdentity, LocalFiles
+from s6tls.sslvars import TlsInfo
+
+MAX_MESSAGE = 1 << 20
+MAX_FILE = 256 * 1024  # key, certificate and CA files are a few KiB
+
+
+class HelperError(Exception):
+    """The helper refused or failed a request."""
+
+
+# -- messages
+
+
+def _encode(message: Mapping[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise HelperError("bad request")
+    return value
+
+
+def _port(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise HelperError("bad request")
+    return value
+
+
+def _optional(value: object) -> str | None:
+    return None if value is None else _text(value)
+
+
+def conn_facts(conn: Connection) -> dict[str, Any]:
+    return dataclasses.asdict(conn)
+
+
+def conn_from(facts: Mapping[str, Any]) -> Connection:
+    """A Connection from a requester's facts, every field checked."""
+    count = facts.get("connnum")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise HelperError("bad request")
+    return Connection(
+        local_ip=_text(facts.get("local_ip")),
+        local_port=_port(facts.get("local_port")),
+        remote_ip=_text(facts.get("remote_ip")),
+        remote_port=_port(facts.get("remote_port")),
+        connnum=count,
+        remote_host=_optional(facts.get("remote_host")),
+        local_host=_optional(facts.get("local_host")),
+        remote_info=_optional(facts.get("remote_info")),
+    )
+
+
+def info_facts(info: TlsInfo) -> dict[str, Any]:
+    return {
+        "protocol": info.protocol,
+        "cipher": info.cipher,
+        "servername": info.servername,
+        "peer_der": base64.b64encode(info.peer_der).decode() if info.peer_der else None,
+        "peer_subject": info.peer_subject,
+    }
+
+
+def info_from(facts: Mapping[str, Any]) -> TlsInfo:
+    der = _optional(facts.get("peer_der"))
+    subject = facts.get("peer_subject")
+    rdns: tuple[tuple[tuple[str, str], ...], ...] | None = None
+    if subject is not None:
+        if not isinstance(subject, list):
+            raise HelperError("bad request")
+        rdns = tuple(
+            tuple((_text(pair[0]), _text(pair[1])) for pair in rdn if len(pair) == 2)
+            for rdn in subject
+            if isinstance(rdn, list)
+        )
+    return TlsInfo(
+        protocol=_text(facts.get("protocol")),
+        cipher=_text(facts.get("cipher")),
+        servername=_optional(facts.get("servername")),
+        peer_der=base64.b64decode(der) if der else None,
+        peer_subject=rdns,
+    )
+
+
+def _rule_facts(found: tuple[str, Rule] | None) -> Any:
+    if found is None:
+        return None
+    key, rule = found
+    return {"key": key, "allow": rule.allow, "env": rule.env, "exec": rule.exec}
+
+
+def _rule_from(facts: Any) -> tuple[str, Rule] | None:
+    if facts is None:
+        return None
+    env = tuple((name, value) for name, value in facts["env"])
+    return facts["key"], Rule(allow=facts["allow"], env=env, exec=facts["exec"])
+
+
+# -- the root side
+
+
+def _tls_paths(env: Iterable[tuple[str, str | None]]) -> set[str]:
+    """The files an environment names for the TLS engine."""
+    return {
+        value
+        for name, value in env
+        if value and is_tls_variable(name) and name not in ("TLS_UID", "TLS_GID")
+    }
+
+
+class Helper:
+    """The root half: a blocking loop that answers the server's requests."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        opts: Options,
+        base_env: Mapping[str, str],
+        rules: RuleSource | None,
+    ) -> None:
+        self.sock = sock
+        self.opts = opts
+        self.base_env = base_env
+        self.rules = rules
+        self.files = LocalFiles()
+        self.children: dict[int, int] = {}  # pid -> pidfd
+        self.selector = selectors.DefaultSelector()
+        self.allowed = _tls_paths(base_env.items())
+
+    def serve(self) -> NoReturn:
+        self.selector.register(self.sock, selectors.EVENT_READ)
+        while True:
+            for key, _ in self.selector.select():
+                if key.fileobj is self.sock:
+                    self._request()
+                else:
+                    self._reap(key.data)
+
+    def _request(self) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
+        except OSError:
+            os._exit(0)
+        if not data:
+            os._exit(0)  # the server and its drainer are gone
+        reply: dict[str, Any]
+        request_id = None
+        try:
+            request = json.loads(data)
+            request_id = request.get("id")
+            reply = self._handle(request, fds)
+        except (HelperError, RulesError) as e:
+            reply = {"error": str(e)}
+        except OSError as e:
+            reply = {"error": e.strerror or str(e), "errno": e.errno}
+        except Exception:  # a request must never take the helper down
+            reply = {"error": "bad request"}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        reply["id"] = request_id
+        self.sock.send(_encode(reply))
+
+    def _handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        op = request.get("op")
+        if op == "spawn":
+            return self._spawn(request, fds)
+        if op == "kill":
+            pid, signum = request["pid"], request["signal"]
+            if pid in self.children and signum in (15, 18, 9):
+                os.kill(pid, signum)
+            return {}
+        if op == "find":
+            keys = [_text(k) for k in request["keys"]]
+            return {"found": _rule_facts(self.rules.find(keys) if self.rules else None)}
+        path = _text(request.get("path"))
+        self._check_path(path)
+        if op == "read":
+            if os.stat(path).st_size > MAX_FILE:
+                raise HelperError(f"{path} is too big")
+            return {"data": base64.b64encode(self.files.read(path)).decode()}
+        if op == "identity":
+            return {"identity": self.files.identity(path)}
+        if op == "listdir":
+            return {"paths": self.files.listdir(path)}
+        raise HelperError("bad request")
+
+    def _check_path(self, path: str) -> None:
+        if path in self.allowed or os.path.dirname(path) in self.allowed:
+            return
+        self.allowed |= self._ruleset_paths()  # a rule may have named it since
+        if path in self.allowed or os.path.dirname(path) in self.allowed:
+            return
+        raise HelperError(f"{path} is not a file the configuration names")
+
+    def _ruleset_paths(self) -> set[str]:
+        if self.opts.rulesdir:
+            records = compile_dir(self.opts.rulesdir)
+        elif self.opts.rulesfile:
+            records = read_cdb(self.opts.rulesfile)
+        else:
+            return set()
+        paths: set[str] = set()
+        for value in records.values():
+            try:
+                paths |= _tls_paths(decode(value).env)
+            except RulesError:
+                continue
+        return paths
+
+    def _spawn(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        if len(fds) != 2:
+            raise HelperError("bad request")
+        conn = conn_from(request["conn"])
+        info = info_from(request["info"])
+        rule = None
+        key = request.get("key")
+        if key is not None:
+            rule = self.rules.get(_text(key)) if self.rules else None
+            if rule is None or not rule.allow:
+                raise HelperError("no such rule")
+        tcp_env = tcp_environ(self.base_env, conn, rule.env if rule else ())
+        argv, env = prog_command(self.opts, tcp_env, rule, info)
+        try:
+            pid = spawn_on(argv, env, fds[0], fds[1])
+        except SpawnFailed as e:
+            raise HelperError(str(e)) from None
+        pidfd = os.pidfd_open(pid)
+        self.children[pid] = pidfd
+        self.selector.register(pidfd, selectors.EVENT_READ, pid)
+        return {"pid": pid}
+
+    def _reap(self, pid: int) -> None:
+        pidfd = self.children.pop(pid)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        status = os.waitpid(pid, 0)[1]
+        self.sock.send(_encode({"exit": pid, "status": status}))
+
+
+# -- the unprivileged side
+
+
+class HelperChild:
+    """A prog the helper started for us."""
+
+    def __init__(self, client: HelperClient, pid: int, stdin: int, stdout: int) -> None:
+        self.client, self.pid, self.stdin, self.stdout = client, pid, stdin, stdout
+
+    def signal(self, signum: int) -> None:
+        try:
+            self.client.call({"op": "kill", "pid": self.pid, "signal": signum})
+        except HelperError:
+            pass
+
+    def wait(self) -> int | None:
+        status = self.client.exit_of(self.pid).get()
+        return status if isinstance(status, int) else None
+
+
+class HelperClient:
+    """The server's side of the helper: a Launcher, Files and a RuleSource."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = gsocket.socket(fileno=sock.detach())
+        self._sending = Semaphore()
+        self._next = 0
+        self._pending: dict[int, AsyncResult] = {}
+        self._exits: dict[int, AsyncResult] = {}
+        self._reader = gevent.spawn(self._read_replies)
+
+    def _read_replies(self) -> None:
+        while data := self.sock.recv(MAX_MESSAGE):
+            message = json.loads(data)
+            if "exit" in message:
+                self.exit_of(message["exit"]).set(message["status"])
+            elif (waiter := self._pending.pop(message.get("id"), None)) is not None:
+                waiter.set(message)
+        for waiter in [*self._pending.values(), *self._exits.values()]:
+            waiter.set(None)  # the helper is gone
+
+    def exit_of(self, pid: int) -> AsyncResult:
+        return self._exits.setdefault(pid, AsyncResult())
+
+    def call(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        self._next += 1
+        request["id"] = self._next
+        waiter = self._pending[self._next] = AsyncResult()
+        with self._sending:
+            socket.send_fds(self.sock, [_encode(request)], fds or [])
+        reply = waiter.get()
+        if reply is None:
+            raise HelperError("the privileged helper is gone")
+        if "errno" in reply:
+            raise OSError(reply["errno"], reply["error"], request.get("path"))
+        if "error" in reply:
+            raise HelperError(reply["error"])
+        return reply  # type: ignore[no-any-return]
+
+    # Launcher
+    def launch(
+        self,
+        conn: Connection,
+        tcp_env: Mapping[str, str],
+        found: tuple[str, Rule] | None,
+        info: TlsInfo,
+    ) -> HelperChild:
+        (in_r, in_w), (out_r, out_w) = pipes()
+        request = {
+            "op": "spawn",
+            "conn": conn_facts(conn),
+            "info": info_facts(info),
+            "key": found[0] if found else None,
+        }
+        try:
+            pid = self.call(request, [in_r, out_w])["pid"]
+        except HelperError as e:
+            os.close(in_w)
+            os.close(out_r)
+            raise SpawnFailed(str(e)) from None
+        finally:
+            os.close(in_r)
+            os.close(out_w)
+        return HelperChild(self, pid, in_w, out_r)
+
+    # Files
+    def read(self, path: str) -> bytes:
+        return base64.b64decode(self.call({"op": "read", "path": path})["data"])
+
+    def identity(self, path: str) -> FileIdentity:
+        a, b, c, d, e = self.call({"op": "identity", "path": path})["identity"]
+        return (a, b, c, d, e)
+
+    def listdir(self, path: str) -> list[str]:
+        return list(self.call({"op": "listdir", "path": path})["paths"])
+
+    # RuleSource
+    def get(self, key: str) -> Rule | None:
+        found = self.find([key])
+        return found[1] if found else None
+
+    def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None:
+        return _rule_from(self.call({"op": "find", "keys": list(keys)})["found"])
+
+
+def parse_ids(env: Mapping[str, str]) -> tuple[int, int]:
+    """TLS_UID and TLS_GID, both required and numeric."""
+    if "TLS_UID" not in env or "TLS_GID" not in env:
+        raise UsageError("TLS_UID and TLS_GID must be set together")
+    return unsigned(env["TLS_UID"], "TLS_UID"), unsigned(env["TLS_GID"], "TLS_GID")
+
+
+def split(
+    opts: Options,
+    base_env: Mapping[str, str],
+    rules: RuleSource | None,
+    uid: int,
+    gid: int,
+    not_for_helper: Iterable[int],
+) -> HelperClient:
+    """Fork the root helper, then drop this process to uid:gid for good.
+
+    The helper closes ``not_for_helper`` (the listening socket) at once.
+    """
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (ours, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_MESSAGE)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        for fd in not_for_helper:
+            os.close(fd)
+        try:
+            Helper(theirs, opts, base_env, rules).serve()
+        finally:
+            sys.stderr.flush()
+            os._exit(111)
+    theirs.close()
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    return HelperClient(ours)
