@@ -73,12 +73,12 @@ def test_sni_variable_is_the_name_sent(server):
 
 
 def test_keep_tls_variables_with_Z(server, pki):
-    srv = server("-H", "-Z", "127.0.0.1", "0", *ENV_PROG, env={**pki.env(), "TLS_UID": "1"})
+    srv = server("-H", "-Z", "127.0.0.1", "0", *ENV_PROG, env={**pki.env(), "CADIR": "/nonexistent"})
     with client.connect(srv.port) as s:
         got = client.env_of(client.read_all(s)[0])
     assert got["KEYFILE"] == str(pki.ec.key)
     assert got["CERTFILE"] == str(pki.ec.cert)
-    assert got["TLS_UID"] == "1"
+    assert got["CADIR"] == "/nonexistent"
 
 
 def test_last_of_a_pair_wins(server, pki):
