@@ -63,7 +63,7 @@ class Log:
             self._line("info", message)
 
     def notice(self, message: str) -> None:
-        """Information upstream shows at the default verbosity (allow, reject)."""
+        """Information shown at the default verbosity, as upstream does (reject)."""
         if self.verbosity >= 1:
             self._line("info", message)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from collections.abc import Callable
@@ -15,6 +16,12 @@ def ip_keys(ip: str) -> list[str]:
 
     Raises ValueError if ``ip`` is not an IPv4 or IPv6 address.
     """
+    return list(_ip_keys(ip))
+
+
+# Clients come back: building 33 (or 129) keys is most of a rules check.
+@functools.lru_cache(maxsize=4096)
+def _ip_keys(ip: str) -> tuple[str, ...]:
     # An IPv6 scope ("%eth0") is dropped, as skalibs' scanner stops before it.
     # An IPv4-mapped IPv6 address stays IPv6 (ip6/::ffff:a00:1_128...), as
     # upstream never unmaps; its listening IPv6 sockets are IPV6_V6ONLY.
@@ -24,7 +31,7 @@ def ip_keys(ip: str) -> list[str]:
     return _prefix_keys("ip6", int(address), _IP6_BITS, _format_ip6)
 
 
-def _prefix_keys(family: str, value: int, bits: int, fmt: Callable[[int], str]) -> list[str]:
+def _prefix_keys(family: str, value: int, bits: int, fmt: Callable[[int], str]) -> tuple[str, ...]:
     keys = []
     previous, text = -1, ""
     for prefix in range(bits, -1, -1):
@@ -33,7 +40,7 @@ def _prefix_keys(family: str, value: int, bits: int, fmt: Callable[[int], str]) 
         if network != previous:
             previous, text = network, fmt(network)
         keys.append(f"{family}/{text}_{prefix}")
-    return keys
+    return tuple(keys)
 
 
 def name_keys(name: str) -> list[str]:

@@ -123,7 +123,7 @@ def fail(error: S6tlsError, usage: bool = False) -> None:
 
 
 def main() -> None:
-    # As upstream: SIGINT is not trapped, it ends the server.
+    # Until the server runs, SIGINT ends it at once, as upstream.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     env = dict(os.environ)
     try:

@@ -28,12 +28,7 @@ from s6tls.shell.session import Session, canonical_ip, run
 _BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BACKOFF_SECONDS = 0.1
 
-_SIGNAL_NAMES = {
-    signal.SIGTERM: "SIGTERM",
-    signal.SIGHUP: "SIGHUP",
-    signal.SIGQUIT: "SIGQUIT",
-    signal.SIGABRT: "SIGABRT",
-}
+_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT, signal.SIGINT)
 
 
 class Server:
@@ -47,6 +42,7 @@ class Server:
         self.sessions: set[Session] = set()
         self.greenlets = Group()
         self.quit = Event()
+        self.quit_signal: int = signal.SIGTERM
         self.draining = False
 
     # -- accepting
@@ -139,21 +135,27 @@ class Server:
         elif signum == signal.SIGABRT:
             log.info("received SIGABRT, sending SIGKILL to all connections and quitting")
             self.signal_progs(signal.SIGKILL)
+        self.quit_signal = signum
         self.quit.set()
 
     # -- running
 
     def serve(self) -> int:
         """Serve until a quitting signal; return the exit code."""
-        for signum in _SIGNAL_NAMES:
+        for signum in _SIGNALS:
             gevent.signal_handler(signum, self._on_signal, signum)
         acceptor = gevent.spawn(self.accept_loop)
         self.quit.wait()
         acceptor.kill()
         self.listener.close()
-        self.service.log.info("exiting")
         if self.sessions and fork_gevent() == 0:
             self._drain()
+        if self.quit_signal == signal.SIGINT:
+            # Upstream does not trap SIGINT: it dies of it, silently, and its
+            # sessions (separate processes) live on; so do ours, in the drainer.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        self.service.log.info("exiting")
         return 0
 
     def _drain(self) -> None:

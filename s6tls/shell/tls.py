@@ -136,6 +136,13 @@ def _memory_file(data: bytes) -> Iterator[str]:
         os.close(fd)
 
 
+# OpenSSL's names for a key that does not go with its certificate.
+_PAIR_REASONS = {
+    "KEY_VALUES_MISMATCH": "the key does not match the certificate",
+    "NO_CERTIFICATE_ASSIGNED": "the key does not match the certificate",
+}
+
+
 def _load_pair(ctx: ssl.SSLContext, files: Files, keyfile: str, certfile: str) -> None:
     cert = _cert_pem(_read(files, certfile, "certificate"))
     key = _read(files, keyfile, "key")
@@ -147,7 +154,7 @@ def _load_pair(ctx: ssl.SSLContext, files: Files, keyfile: str, certfile: str) -
                     ctx.load_cert_chain(cert_path, key_path)
                     return
                 except ssl.SSLError as e:
-                    reason = e.reason or str(e)
+                    reason = _PAIR_REASONS.get(e.reason or "", e.reason or "not a PEM or DER key")
     raise TlsConfigError(f"unable to use key {keyfile} with certificate {certfile}: {reason}")
 
 
@@ -289,6 +296,9 @@ class TlsStream:
                         raise HandshakeFailed("the client closed the connection") from None
                     self._fill()
             self.flush()
+        except ssl.SSLZeroReturnError:
+            # With OP_IGNORE_UNEXPECTED_EOF a bare FIN reads as a close_notify.
+            raise HandshakeFailed("the client closed the connection") from None
         except ssl.SSLError as e:
             try:
                 self.flush()  # the alert, so the client learns why

@@ -73,7 +73,8 @@ def test_sni_variable_is_the_name_sent(server):
 
 
 def test_keep_tls_variables_with_Z(server, pki):
-    srv = server("-H", "-Z", "127.0.0.1", "0", *ENV_PROG, env={**pki.env(), "CADIR": "/nonexistent"})
+    env = {**pki.env(), "CADIR": "/nonexistent"}
+    srv = server("-H", "-Z", "127.0.0.1", "0", *ENV_PROG, env=env)
     with client.connect(srv.port) as s:
         got = client.env_of(client.read_all(s)[0])
     assert got["KEYFILE"] == str(pki.ec.key)
