@@ -57,3 +57,47 @@ def decide(source: RuleSource, ip: str, name: str | None) -> tuple[str, Rule] | 
     if name:
         keys += name_keys(name)
     return source.find(keys)
+
+
+# Scripting a ruleset and importing djb's tcprules (the s6-tcprules command).
+from s6tls.rules.edit import (  # noqa: E402
+    Explanation,
+    NoRuleError,
+    RuleExistsError,
+    add_rule,
+    canonical_key,
+    create_ruleset,
+    explain,
+    remove_rule,
+)
+from s6tls.rules.tcprules_text import (  # noqa: E402
+    Conversion,
+    TcpRule,
+    TcpRulesError,
+    convert_tcprules,
+    import_tcprules,
+    parse_tcprules,
+    range_prefixes,
+    tcprules_table,
+    tcpserver_lookup,
+)
+
+__all__ += [
+    "Conversion",
+    "Explanation",
+    "NoRuleError",
+    "RuleExistsError",
+    "TcpRule",
+    "TcpRulesError",
+    "add_rule",
+    "canonical_key",
+    "convert_tcprules",
+    "create_ruleset",
+    "explain",
+    "import_tcprules",
+    "parse_tcprules",
+    "range_prefixes",
+    "remove_rule",
+    "tcprules_table",
+    "tcpserver_lookup",
+]

@@ -12,33 +12,50 @@ from s6tls.rules.errors import RulesError
 VALUE_MAX = 4095
 
 
-def read_envdir(path: str, *, missing_ok: bool = False) -> tuple[tuple[str, str | None], ...]:
+def read_envdir(
+    path: str, *, missing_ok: bool = False, dir_fd: int | None = None, shown: str | None = None
+) -> tuple[tuple[str, str | None], ...]:
     """Return the (NAME, value) changes an envdir holds, sorted by name; None means unset.
 
-    A missing directory gives () with ``missing_ok``; anything unreadable raises
-    RulesError naming the path.
+    ``path`` may be relative to ``dir_fd``; messages name ``shown`` (default
+    ``path``). A missing directory gives () with ``missing_ok``; anything
+    unreadable raises RulesError naming the path.
     """
+    shown = shown or path
     try:
-        names = os.listdir(path)
+        envfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         if missing_ok:
             return ()
-        raise RulesError(f"unable to envdir {path}: No such file or directory") from None
+        raise RulesError(f"unable to envdir {shown}: No such file or directory") from None
     except OSError as e:
-        raise RulesError(f"unable to envdir {path}: {e.strerror}") from None
-    env: list[tuple[str, str | None]] = []
-    for name in sorted(names):
-        if name.startswith(".") or "=" in name:
-            continue
-        file = f"{path}/{name}"
-        try:
-            # A file that vanished between listing and reading is an error
-            # upstream too (it reports EIDRM), not an unset variable.
-            content = read_head(file, VALUE_MAX)
-        except OSError as e:
-            raise RulesError(f"unable to read {file}: {e.strerror}") from None
-        env.append((name, parse_value(content)))
-    return tuple(env)
+        raise RulesError(f"unable to envdir {shown}: {e.strerror}") from None
+    try:
+        # Everything is read through the directory's descriptor: a directory
+        # swapped in meanwhile cannot mix its files with ours.
+        names = os.listdir(envfd)
+        env: list[tuple[str, str | None]] = []
+        for name in sorted(names):
+            if name.startswith(".") or "=" in name:
+                continue
+            try:
+                # A file that vanished between listing and reading is an error
+                # upstream too (it reports EIDRM), not an unset variable.
+                content = read_head(name, VALUE_MAX, dir_fd=envfd)
+            except FileNotFoundError as e:
+                raise Vanished(f"unable to read {shown}/{name}: {e.strerror}") from None
+            except OSError as e:
+                raise RulesError(f"unable to read {shown}/{name}: {e.strerror}") from None
+            env.append((name, parse_value(content)))
+        return tuple(env)
+    except OSError as e:
+        raise RulesError(f"unable to envdir {shown}: {e.strerror}") from None
+    finally:
+        os.close(envfd)
+
+
+class Vanished(RulesError):
+    """A file went away while its directory was being read (it was replaced)."""
 
 
 def parse_value(content: bytes) -> str | None:
@@ -53,13 +70,14 @@ def parse_value(content: bytes) -> str | None:
     return os.fsdecode(line.replace(b"\0", b"\n"))
 
 
-def read_head(path: str, limit: int) -> bytes:
+def read_head(path: str, limit: int, *, dir_fd: int | None = None) -> bytes:
     """Return at most ``limit`` bytes from the start of a regular file.
 
     Raises OSError: IsADirectoryError for a directory, as reading one fails
     upstream, and EINVAL for FIFOs, sockets and devices, which could block.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    fd = os.open(path, flags, dir_fd=dir_fd)
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):

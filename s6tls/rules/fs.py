@@ -8,7 +8,7 @@ import stat
 from collections.abc import Iterable, Mapping
 
 from s6tls.rules.codec import EXEC_MAX, Rule
-from s6tls.rules.envdir import read_envdir, read_head
+from s6tls.rules.envdir import Vanished, read_envdir, read_head
 from s6tls.rules.errors import RulesError, RuleTooBigError
 
 
@@ -23,18 +23,50 @@ def lookup_dir(rulesdir: str, key: str) -> Rule | None:
         # climb out of the rules directory.
         return None
     keydir = f"{rulesdir}/{key}"
+    for _ in range(_ATTEMPTS - 1):
+        try:
+            rule, current = _lookup_at(keydir)
+        except Vanished:
+            continue
+        if current:
+            return rule
+    return _lookup_at(keydir)[0]
+
+
+# A rule replaced while it is read is read again; a few times is plenty.
+_ATTEMPTS = 4
+
+
+def _lookup_at(keydir: str) -> tuple[Rule | None, bool]:
+    """Read one rule through its directory's descriptor, so that a rule
+    replaced meanwhile is read whole, old or new, never mixed; also tell
+    whether ``keydir`` still names the directory that was read."""
     try:
-        os.stat(keydir)
+        fd = os.open(keydir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return None
+        return None, True
+    except NotADirectoryError:
+        raise RulesError(f"unable to access {keydir}/allow: Not a directory") from None
     except OSError as e:
         raise RulesError(f"unable to access {keydir}: {e.strerror}") from None
-    if _exists(f"{keydir}/allow"):
-        env = read_envdir(f"{keydir}/env", missing_ok=True)
-        return Rule(allow=True, env=env, exec=_read_exec(f"{keydir}/exec"))
-    if _exists(f"{keydir}/deny"):
-        return Rule(allow=False)
-    return None
+    try:
+        rule = None
+        if _exists("allow", fd, keydir):
+            env = read_envdir("env", missing_ok=True, dir_fd=fd, shown=f"{keydir}/env")
+            rule = Rule(allow=True, env=env, exec=_read_exec(fd, keydir))
+        elif _exists("deny", fd, keydir):
+            rule = Rule(allow=False)
+        return rule, _same_dir(fd, keydir)
+    finally:
+        os.close(fd)
+
+
+def _same_dir(fd: int, path: str) -> bool:
+    try:
+        st, now = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
 
 class DirRules:
@@ -82,19 +114,20 @@ def is_safe_key(key: str) -> bool:
     return "\0" not in key and all(part not in ("", ".", "..") for part in key.split("/"))
 
 
-def _exists(path: str) -> bool:
+def _exists(name: str, dir_fd: int, keydir: str) -> bool:
     try:
-        os.stat(path)
+        os.stat(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise RulesError(f"unable to access {path}: {e.strerror}") from None
+        raise RulesError(f"unable to access {keydir}/{name}: {e.strerror}") from None
     return True
 
 
-def _read_exec(path: str) -> str:
+def _read_exec(dir_fd: int, keydir: str) -> str:
+    path = f"{keydir}/exec"
     try:
-        content = read_head(path, EXEC_MAX + 1)
+        content = read_head("exec", EXEC_MAX + 1, dir_fd=dir_fd)
     except FileNotFoundError:
         return ""
     except OSError as e:

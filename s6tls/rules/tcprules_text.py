@@ -13,15 +13,18 @@ any name, its ``reversedns/example.com`` also matches ``example.com`` itself
 while tcprules' ``=.example.com`` does not, and it denies a client no rule
 matches.
 
-The translation is exact or refused: every line is converted (a prefix
-``1.2.3.`` becomes ``ip4/1.2.3.0_24``, a range the fewest CIDR prefixes,
-``=name`` and ``=.name`` become ``reversedns/name``, ``=`` becomes
-``reversedns/@``, the empty address ``ip4/0.0.0.0_0`` and ``ip6/::_0``), then
-the decisions of both rulesets are compared for one client of every kind
-the rules can tell apart. A line that tcpserver can never use, one that a
-later line repeats with different instructions (tcprules keeps the first,
-s6 prefers the more specific), an IDENT rule (``user@address``) and any
-change of decision are errors naming the lines; nothing is converted then.
+The translation is exact or refused: every line is converted (an address
+``1.2.3.4`` becomes ``ip4/1.2.3.4_32``, a prefix ``1.2.3.`` ``ip4/1.2.3.0_24``,
+a range the fewest CIDR prefixes, ``=name`` and ``=.name`` ``reversedns/name``,
+``=`` ``reversedns/@``, the empty address, or its absence (tcpserver's
+allowing default), ``ip4/0.0.0.0_0`` and ``ip6/::_0``, unless it denies and
+name rules exist, which those would hide), then the decisions of both
+rulesets are compared for one client of every kind the rules can tell
+apart. Lines tcpserver can never match, lines that never apply because an
+earlier line holds their addresses with other instructions (tcprules keeps
+the first, s6 would prefer the more specific), IDENT rules
+(``user@address``) and any change of decision are errors naming the lines;
+nothing is converted then.
 """
 
 from __future__ import annotations
@@ -46,7 +49,6 @@ _DIGITS = re.compile(r"[0-9]*")
 # bury the message under a line per address rule.
 MAX_PROBLEMS = 20
 
-_IP4_ALL = ipaddress.IPv4Network("0.0.0.0/0")
 # Any IPv6 client: ucspi-tcp's rules cannot name one, so every IPv6 address
 # is decided alike.
 _IP6_CLIENT = "2001:db8::1"
@@ -162,7 +164,8 @@ def convert_tcprules(rules: Sequence[TcpRule], *, names: bool = True) -> Convers
     used = [rule for rule in rules if names or not _is_name_address(rule.address)]
     for rule in used:
         problems += _unusable(rule)
-    problems += _repeated_keys(used)
+    repeated, warnings = _repeated_keys(used)
+    problems += repeated
     if problems:
         raise TcpRulesError(problems[:MAX_PROBLEMS])
     table = tcprules_table(used)
@@ -171,11 +174,16 @@ def convert_tcprules(rules: Sequence[TcpRule], *, names: bool = True) -> Convers
         for key in _s6_keys(rule, table):
             problems += _put(s6, key, rule)
     default = table.get("")
-    warnings = []
     if default is None:
         warnings.append(
             "no line for the empty address: tcpserver allows a client no line matches,"
             " so ip4/0.0.0.0_0 and ip6/::_0 allow them"
+        )
+    left_out = [str(rule.line) for rule in rules if not names and _is_name_address(rule.address)]
+    if left_out:
+        warnings.append(
+            f"left out the lines matching names ({', '.join(left_out)}):"
+            " a server run with -H never looks names up"
         )
     has_names = any(key.startswith("reversedns/") for key in s6)
     if default is None or default.allow or not has_names:
@@ -319,28 +327,43 @@ def _matchable(key: str) -> bool:
     return bool(_EXACT.fullmatch(key) or _PREFIX.fullmatch(key))
 
 
-def _repeated_keys(rules: Sequence[TcpRule]) -> list[str]:
-    """Report a line that repeats an earlier line's key with other instructions."""
+def _repeated_keys(rules: Sequence[TcpRule]) -> tuple[list[str], list[str]]:
+    """Problems and warnings for lines repeating addresses of earlier lines.
+
+    tcprules keeps the first line for an address, and so does the
+    conversion. A line that thereby never applies, with instructions of its
+    own, is refused: its author meant it to apply, as it would in s6 where
+    the more specific rule wins. A line that loses only some addresses is
+    converted without them, with a warning unless the earlier line is the
+    narrower one (how tcprules makes an exception to a range).
+    """
     owner: dict[str, TcpRule] = {}
-    reported: set[tuple[int, int]] = set()
     problems = []
+    warnings = []
     for rule in rules:
+        lost = [key for key in rule.keys if key in owner]
         for key in rule.keys:
-            first = owner.setdefault(key, rule)
-            if first is rule or first.outcome() == rule.outcome():
-                continue
-            pair = (first.line, rule.line)
-            if pair in reported:
-                continue
-            reported.add(pair)
-            shown = key if key else "the empty address"
+            owner.setdefault(key, rule)
+        differing = [key for key in lost if owner[key].outcome() != rule.outcome()]
+        if not differing:
+            continue
+        first = owner[differing[0]]
+        if len(lost) == len(rule.keys):
             problems.append(
-                f"{rule.describe()} never applies to {shown}: {first.describe()}"
-                " comes first and tcprules keeps the first line for an address,"
-                " while s6 would prefer the more specific one;"
-                " remove one of them or make their instructions the same"
+                f"{rule.describe()} never applies: {first.describe()} comes first for the"
+                " same address, and tcprules keeps the first line, while in s6 the more"
+                f" specific one would win; remove line {rule.line} or move it above"
+                f" line {first.line}"
             )
-    return problems
+        elif len(first.keys) >= len(rule.keys):
+            # (An earlier, narrower line is how tcprules makes an exception.)
+            shown = differing[0] or "the empty address"
+            more = f" and {len(differing) - 1} more" if len(differing) > 1 else ""
+            warnings.append(
+                f"{rule.describe()} does not apply to {shown}{more}:"
+                f" {first.describe()} comes first, and tcprules keeps the first line"
+            )
+    return problems, warnings
 
 
 def _s6_rule(rule: TcpRule | None) -> Rule:
@@ -446,23 +469,21 @@ def _compare(
     table: Mapping[str, TcpRule], s6: Mapping[str, tuple[Rule, TcpRule | None]], names: bool
 ) -> list[str]:
     """Compare tcpserver's and s6's decisions for one client of every distinguishable kind."""
+    hosts = _host_representatives(table, s6) if names else [None]
     problems = []
-    seen: set[tuple[int | None, int | None, str | None]] = set()
+    seen: set[tuple[int | None, int | None]] = set()
     for ip in _ip_representatives(table, s6):
-        for host in _host_representatives(table) if names else [None]:
+        for host in hosts:
             theirs = tcpserver_lookup(table, ip, host)
             ours = _s6_lookup(s6, ip, host)
             their_rule = theirs[1] if theirs else None
             their_outcome = their_rule.outcome() if their_rule else _DEFAULT_ALLOW
-            our_outcome = _rule_outcome(ours[1] if ours else None)
-            if their_outcome == our_outcome:
+            if their_outcome == _rule_outcome(ours[1] if ours else None):
                 continue
-            our_origin = ours[2] if ours else None
-            pair = (_line_of(their_rule), _line_of(our_origin), ours[0] if ours else None)
-            if pair in seen:
-                continue
-            seen.add(pair)
-            problems.append(_mismatch(ip, host, their_rule, ours))
+            pair = (_line_of(their_rule), _line_of(ours[2]) if ours else -1)
+            if pair not in seen:
+                seen.add(pair)
+                problems.append(_mismatch(ip, host, their_rule, ours))
     return problems
 
 
@@ -473,58 +494,89 @@ def _mismatch(
     ours: tuple[str, Rule, TcpRule | None] | None,
 ) -> str:
     client = f"a client at {ip}" + (f" named {host}" if host else " without a name")
-    their_side = _describe(theirs)
     if ours is None:
         our_side, reason = "no rule (deny)", "s6 denies a client no rule matches"
     else:
         key, _, origin = ours
         our_side = f"{_describe(origin)} as {key}"
         reason = "the two rulesets decide differently"
-        if key.startswith("reversedns/") and host is not None and key == f"reversedns/{host}":
-            if origin is not None and origin.address.startswith("=."):
-                reason = (
-                    f"tcprules' ={origin.address[1:]} matches only names ending in"
-                    f" {origin.address[1:]}, s6's {key} also matches {host} itself"
-                )
-        elif host is not None and theirs is not None and theirs.address.startswith("="):
+        written = origin.address if origin else ""
+        named = key.removeprefix("reversedns/")
+        if written.startswith("=.") and host == named:
+            reason = (
+                f"tcprules' ={written[1:]} matches only names ending in .{named},"
+                f" s6's {key} also matches {named} itself"
+            )
+        elif written.startswith("=") and host != named and key.startswith("reversedns/"):
+            reason = (
+                f"tcprules' {written} matches only {named} itself,"
+                f" s6's {key} also matches the names ending in .{named}"
+            )
+        elif key.startswith("ip") and theirs is not None and theirs.address.startswith("="):
             reason = "s6 tries every address rule, down to ip4/0.0.0.0_0, before any name rule"
-    return f"{client} gets {their_side} from tcpserver but {our_side} from s6: {reason}"
+    return f"{client} gets {_describe(theirs)} from tcpserver but {our_side} from s6: {reason}"
 
 
 def _ip_representatives(
     table: Mapping[str, TcpRule], s6: Mapping[str, tuple[Rule, TcpRule | None]]
 ) -> list[str]:
-    """One IPv4 address per set of networks a client can be in, and one IPv6 address.
+    """One address per way the address rules of both rulesets can treat a client.
 
-    The networks are those of both rulesets; for each one, an address inside
-    it and outside every smaller one (when there is such an address).
+    For each network of either ruleset, an address inside it and outside every
+    smaller one (when there is such an address); then one IPv6 address.
+    Addresses treated alike by both rulesets are kept once.
     """
-    networks = {_IP4_ALL}
+    networks = {(0, 0)}
     for key in table:
         if _EXACT.fullmatch(key) or _PREFIX.fullmatch(key):
             first, last = _span(key)
-            networks.add(
-                ipaddress.IPv4Network((first, 32 - (last - first + 1).bit_length() + 1))
-            )
+            networks.add((first, 33 - (last - first + 1).bit_length()))
     for key in s6:
         if key.startswith("ip4/"):
-            networks.add(ipaddress.IPv4Network(key[4:].replace("_", "/")))
-    ordered = sorted(networks, key=lambda n: (int(n.network_address), n.prefixlen))
+            network = ipaddress.IPv4Network(key[4:].replace("_", "/"))
+            networks.add((int(network.network_address), network.prefixlen))
+    ordered = sorted(networks)
     found = []
-    for at, network in enumerate(ordered):
-        start, end = int(network.network_address), int(network.broadcast_address)
-        candidate = start
-        for inner in ordered[at + 1 :]:
-            inner_start = int(inner.network_address)
-            if inner_start > end or inner_start > candidate:
-                break
-            candidate = max(candidate, int(inner.broadcast_address) + 1)
-        if candidate <= end:
-            found.append(str(ipaddress.IPv4Address(candidate)))
+    signatures: set[tuple[int | None, tuple[int | None, Rule] | None]] = set()
+    for at, (start, length) in enumerate(ordered):
+        end = start + (1 << (32 - length)) - 1
+        # A network's first address makes a confusing example: try after it.
+        candidate = _free_address(ordered, at, start + 1, end)
+        if candidate is None:
+            candidate = _free_address(ordered, at, start, end)
+        if candidate is None:
+            continue
+        ip = str(ipaddress.IPv4Address(candidate))
+        # Without a name, tcpserver's keys are the address, its prefixes and
+        # the empty address: the first found decides for every host but an
+        # exact-address line, which decides anyway.
+        theirs = tcpserver_lookup(table, ip)
+        ours = _s6_lookup(s6, ip, None)
+        signature = (
+            theirs[1].line if theirs else None,
+            (_line_of(ours[2]), ours[1]) if ours else None,
+        )
+        if signature not in signatures:
+            signatures.add(signature)
+            found.append(ip)
     return [*found, _IP6_CLIENT]
 
 
-def _host_representatives(table: Mapping[str, TcpRule]) -> list[str | None]:
+def _free_address(ordered: Sequence[tuple[int, int]], at: int, start: int, end: int) -> int | None:
+    """The first address from start to end outside the networks after ``ordered[at]``."""
+    candidate = start
+    # Sorted by start then length, the networks inside ordered[at] follow it.
+    for inner in range(at + 1, len(ordered)):
+        inner_start, inner_length = ordered[inner]
+        if inner_start > end or inner_start > candidate:
+            break
+        candidate = max(candidate, inner_start + (1 << (32 - inner_length)))
+    return candidate if candidate <= end else None
+
+
+def _host_representatives(
+    table: Mapping[str, TcpRule], s6: Mapping[str, tuple[Rule, TcpRule | None]]
+) -> list[str | None]:
     """No name, every name the rules mention, a name below each, and an unrelated one."""
     mentioned = sorted(
         {key[2:] if key.startswith("=.") else key[1:] for key in table if key.startswith("=")}

@@ -1,0 +1,221 @@
+"""The rulesets of rules-examples/ through the real s6-tlsserver, clients on 127.0.0.1-3."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.support import client
+from tests.support.server import BIN
+
+if TYPE_CHECKING:
+    from tests.conftest import PKI, ServerFactory
+
+pytestmark = pytest.mark.timeout(60)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "rules-examples"
+S6_TCPRULES = str(BIN / "s6-tcprules")
+OUR_CDB_FROM_FS = str(BIN / "s6-accessrules-cdb-from-fs")
+SKARNET_CDB_FROM_FS = "/usr/bin/s6-accessrules-cdb-from-fs"
+TCPRULES = "/usr/bin/tcprules"
+TCPRULESCHECK = "/usr/bin/tcprulescheck"
+RULESETS = [
+    "lan-only",
+    "deny-range",
+    "per-client-certificate",
+    "env-per-client",
+    "exec-override",
+    "imported-from-tcprules",
+]
+ENV_PROG = ("/usr/bin/env",)
+
+
+@dataclass
+class Seen:
+    """What a client saw: prog's output (None if denied) and the server's certificate."""
+
+    output: bytes | None
+    cert: bytes | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        assert self.output is not None, "the connection was denied"
+        return client.env_of(self.output)
+
+
+def connect_from(port: int, source: str) -> Seen:
+    """Connect from a loopback address; a handshake the server cuts is a denial."""
+    raw = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    raw.settimeout(10)
+    raw.bind((source, 0))
+    raw.connect(("127.0.0.1", port))
+    try:
+        tls = client.context().wrap_socket(raw, suppress_ragged_eofs=False)
+    except (ssl.SSLError, ConnectionError):
+        raw.close()
+        return Seen(None)
+    with tls:
+        cert = tls.getpeercert(binary_form=True)
+        return Seen(client.read_all(tls)[0], cert)
+
+
+def check(ruleset: Path, ip: str) -> dict[str, object]:
+    done = subprocess.run(
+        [S6_TCPRULES, "check", "--json", "-i", str(ruleset), ip],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    answer: dict[str, object] = json.loads(done.stdout)
+    return answer
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_every_ruleset_is_described_and_compiles(tmp_path: Path) -> None:
+    readme = (EXAMPLES / "README.rst").read_text()
+    for name in RULESETS:
+        assert f"``{name}/``" in readme
+        ruleset = EXAMPLES / name
+        assert {p.name for p in ruleset.iterdir()} <= {"ip4", "ip6", "reversedns"}
+        for compiler in (OUR_CDB_FROM_FS, SKARNET_CDB_FROM_FS):
+            if not os.path.exists(compiler):
+                continue
+            cdb = tmp_path / f"{name}.cdb"
+            done = subprocess.run(
+                [compiler, str(cdb), str(ruleset)], capture_output=True, text=True, timeout=30
+            )
+            assert (done.returncode, done.stderr) == (0, ""), compiler
+
+
+def test_lan_only(server: ServerFactory) -> None:
+    ruleset = EXAMPLES / "lan-only"
+    srv = server("-H", "-i", str(ruleset), "127.0.0.1", "0", *ENV_PROG)
+    for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3"):
+        assert connect_from(srv.port, source).env["TCPREMOTEIP"] == source
+    # Clients from elsewhere cannot be made on loopback: ask the rules instead.
+    for ip in ("10.1.2.3", "172.31.255.255", "192.168.0.1", "::1", "fd00::1", "fe80::1"):
+        assert check(ruleset, ip)["decision"] == "allow", ip
+    for ip in ("8.8.8.8", "172.32.0.1", "192.0.2.1", "2001:db8::1"):
+        answer = check(ruleset, ip)
+        assert (answer["decision"], answer["key"]) == ("deny", None), ip
+
+
+def test_deny_range(server: ServerFactory) -> None:
+    ruleset = EXAMPLES / "deny-range"
+    srv = server("-H", "-i", str(ruleset), "127.0.0.1", "0", *ENV_PROG)
+    assert connect_from(srv.port, "127.0.0.1").env["TCPREMOTEIP"] == "127.0.0.1"
+    assert connect_from(srv.port, "127.0.0.2").output is None
+    assert connect_from(srv.port, "127.0.0.3").output is None
+    assert connect_from(srv.port, "127.0.0.4").env["TCPREMOTEIP"] == "127.0.0.4"
+    assert check(ruleset, "198.51.100.77")["key"] == "ip4/198.51.100.0_24"
+    assert check(ruleset, "198.51.101.1")["decision"] == "allow"
+
+
+def test_per_client_certificate(server: ServerFactory, pki: PKI, tmp_path: Path) -> None:
+    # The README names the two files to edit; they hold placeholder paths.
+    env_dir = "ip4/127.0.0.2_32/env"
+    readme = (EXAMPLES / "README.rst").read_text()
+    assert f"``{env_dir}/KEYFILE``" in readme
+    assert f"``{env_dir}/CERTFILE``" in readme
+    ruleset = shutil.copytree(EXAMPLES / "per-client-certificate", tmp_path / "rules")
+    for name, path in (("KEYFILE", pki.alt.key), ("CERTFILE", pki.alt.cert)):
+        placeholder = (ruleset / env_dir / name).read_text()
+        assert placeholder.startswith("/etc/s6tls/")
+        (ruleset / env_dir / name).write_text(f"{path}\n")
+    srv = server("-H", "-i", str(ruleset), "127.0.0.1", "0", *ENV_PROG)
+    partner = connect_from(srv.port, "127.0.0.2")
+    others = [connect_from(srv.port, source) for source in ("127.0.0.1", "127.0.0.3")]
+    assert partner.cert == pki.alt.cert_der_bytes
+    assert [seen.cert for seen in others] == [pki.ec.cert_der_bytes] * 2
+    assert "KEYFILE" not in partner.env  # cleaned like the server's own
+
+
+def test_env_per_client(server: ServerFactory, pki: PKI) -> None:
+    env = {**pki.env(), "DEBUG": "1", "RELAYCLIENT": "inherited"}
+    srv = server("-H", "-i", str(EXAMPLES / "env-per-client"), "127.0.0.1", "0", *ENV_PROG, env=env)
+    admin = connect_from(srv.port, "127.0.0.1").env
+    guest = connect_from(srv.port, "127.0.0.2").env
+    local = connect_from(srv.port, "127.0.0.3").env
+    assert (admin["ROLE"], admin["RELAYCLIENT"], admin["DEBUG"]) == ("admin", "", "1")
+    assert (guest["ROLE"], guest["RELAYCLIENT"]) == ("guest", "inherited")
+    assert "DEBUG" not in guest
+    assert (local["ROLE"], local["DEBUG"]) == ("local", "1")
+
+
+@pytest.mark.skipif(shutil.which("execlineb") is None, reason="execline is not installed")
+def test_exec_override(server: ServerFactory) -> None:
+    prog = ("/bin/echo", "normal service")
+    srv = server("-H", "-i", str(EXAMPLES / "exec-override"), "127.0.0.1", "0", *prog)
+    assert connect_from(srv.port, "127.0.0.1").output == b"normal service\n"
+    maintenance = connect_from(srv.port, "127.0.0.2")
+    assert maintenance.output == b"down for maintenance, 127.0.0.2: come back later\n"
+    assert maintenance.cert is not None  # over TLS
+    assert connect_from(srv.port, "127.0.0.3").output == b"normal service\n"
+
+
+def test_imported_from_tcprules_is_what_import_writes(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            S6_TCPRULES,
+            "import",
+            "-o",
+            str(tmp_path / "imported"),
+            str(EXAMPLES / "imported-from-tcprules.tcprules"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert files_of(tmp_path / "imported") == files_of(EXAMPLES / "imported-from-tcprules")
+
+
+def test_imported_from_tcprules(server: ServerFactory, tmp_path: Path) -> None:
+    ruleset = EXAMPLES / "imported-from-tcprules"
+    srv = server("-H", "-i", str(ruleset), "127.0.0.1", "0", *ENV_PROG)
+    seen = {
+        source: connect_from(srv.port, source)
+        for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.10")
+    }
+    assert seen["127.0.0.2"].output is None
+    got = {source: s.env for source, s in seen.items() if s.output is not None}
+    assert (got["127.0.0.1"]["ORIGIN"], got["127.0.0.1"]["RELAYCLIENT"]) == ("local", "")
+    assert got["127.0.0.3"]["ORIGIN"] == "lab"
+    assert "RELAYCLIENT" not in got["127.0.0.3"]
+    assert got["127.0.0.10"]["ORIGIN"] == "loopback"
+    if not (os.path.exists(TCPRULES) and os.path.exists(TCPRULESCHECK)):
+        return
+    # ucspi-tcp's tcpserver would decide the same from the source file.
+    text = (EXAMPLES / "imported-from-tcprules.tcprules").read_bytes()
+    cdb = tmp_path / "tcp.cdb"
+    subprocess.run([TCPRULES, str(cdb), str(tmp_path / "tcp.tmp")], input=text, check=True)
+    for source, s in seen.items():
+        verdict = subprocess.run(
+            [TCPRULESCHECK, str(cdb)],
+            env={"TCPREMOTEIP": source},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.splitlines()
+        assert verdict[-1] == ("deny connection" if s.output is None else "allow connection")
+        prefix = "set environment variable "
+        for line in verdict:
+            if line.startswith(prefix):
+                name, _, value = line[len(prefix) :].partition("=")
+                assert s.env[name] == value

@@ -1,0 +1,759 @@
+"""s6-tcprules through its real command line: compile, decompile, check, import, add, remove.
+
+Imports are checked against ucspi-tcp itself: Debian's tcprules compiles the
+same text and tcprulescheck says what tcpserver would decide.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cdbx
+import pytest
+
+from s6tls.rules import Rule, add_rule, lookup_dir, parse_tcprules
+from tests.support import client
+from tests.support.server import BIN
+
+if TYPE_CHECKING:
+    from tests.conftest import ServerFactory
+
+pytestmark = pytest.mark.timeout(120)
+
+S6_TCPRULES = str(BIN / "s6-tcprules")
+CDB_FROM_FS = str(BIN / "s6-accessrules-cdb-from-fs")
+FS_FROM_CDB = str(BIN / "s6-accessrules-fs-from-cdb")
+TCPRULES = "/usr/bin/tcprules"
+TCPRULESCHECK = "/usr/bin/tcprulescheck"
+needs_ucspi = pytest.mark.skipif(
+    not (os.path.exists(TCPRULES) and os.path.exists(TCPRULESCHECK)),
+    reason="ucspi-tcp's tcprules and tcprulescheck are not installed",
+)
+
+Decision = tuple[bool, dict[str, str]]
+
+
+def run(
+    *argv: str, stdin: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        input=stdin.decode() if stdin is not None else None,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def tcprules(
+    *argv: str, stdin: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run(S6_TCPRULES, *argv, stdin=stdin, cwd=cwd)
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for name, content in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return root
+
+
+def tree_of(root: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(root)): path.read_text()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+def records(path: Path) -> dict[bytes, bytes]:
+    return dict(cdbx.CDB(str(path)).items(all=True))
+
+
+def entries(directory: Path) -> list[str]:
+    """Every name under directory, hidden ones included, to spot leftovers."""
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+# --- compile and decompile: the s6-accessrules-* code -----------------------------
+
+TREE = {
+    "ip4/10.0.0.0_8/allow": "",
+    "ip4/10.0.0.0_8/env/SITE": "office\n",
+    "ip4/10.0.0.0_8/env/DEBUG": "",
+    "ip4/10.9.0.0_16/deny": "",
+    "ip4/10.1.2.3_32/allow": "",
+    "ip4/10.1.2.3_32/exec": "fdmove -c 2 1 echo hi\n",
+    "ip6/::1_128/allow": "",
+    "reversedns/example.com/allow": "",
+    "reversedns/example.com/env/VIA": "name\n",
+}
+
+
+def test_compile_is_s6_accessrules_cdb_from_fs(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "rules", TREE)
+    assert run(CDB_FROM_FS, str(tmp_path / "theirs.cdb"), str(tree)).returncode == 0
+    done = tcprules("compile", "-m", "640", str(tree), str(tmp_path / "ours.cdb"))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert records(tmp_path / "ours.cdb") == records(tmp_path / "theirs.cdb")
+    assert stat.S_IMODE((tmp_path / "ours.cdb").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "theirs.cdb").stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["missing", "out.cdb"],
+        ["-m", "9", "rules", "out.cdb"],
+    ],
+)
+def test_compile_fails_as_s6_accessrules_cdb_from_fs(tmp_path: Path, argv: list[str]) -> None:
+    make_tree(tmp_path / "rules", TREE)
+    ours = tcprules("compile", *argv, cwd=tmp_path)
+    operands = [*argv[:-2], argv[-1], argv[-2]]  # upstream takes cdbfile first
+    theirs = run(CDB_FROM_FS, *operands, cwd=tmp_path)
+    assert ours.returncode == theirs.returncode != 0
+    assert ours.stderr == theirs.stderr
+    assert not (tmp_path / "out.cdb").exists()
+
+
+def test_decompile_is_s6_accessrules_fs_from_cdb(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "rules", TREE)
+    assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0
+    done = tcprules("decompile", str(tmp_path / "rules.cdb"), str(tmp_path / "ours"))
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert run(FS_FROM_CDB, str(tmp_path / "theirs"), str(tmp_path / "rules.cdb")).returncode == 0
+    assert tree_of(tmp_path / "ours") == tree_of(tmp_path / "theirs") == TREE
+    # An existing directory is refused alike.
+    ours = tcprules("decompile", "rules.cdb", "ours", cwd=tmp_path)
+    theirs = run(FS_FROM_CDB, "ours", "rules.cdb", cwd=tmp_path)
+    assert ours.returncode == theirs.returncode == 111
+    assert ours.stderr == theirs.stderr
+
+
+# --- check ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["dir", "cdb"])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    tree = make_tree(tmp_path / "rules", TREE)
+    if request.param == "dir":
+        return ["-i", str(tree)]
+    assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0
+    return ["-x", str(tmp_path / "rules.cdb")]
+
+
+def test_check_says_which_key_decides(source: list[str]) -> None:
+    done = tcprules("check", *source, "10.7.8.9")
+    assert done.returncode == 0
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert lines[:6] == [
+        "client: 10.7.8.9, no name",
+        "decision: allow",
+        "key: ip4/10.0.0.0_8",
+        "unset: DEBUG",
+        "set: SITE=office",
+        "tried: ip4/10.7.8.9_32",
+    ]
+    assert lines[6:] == [
+        f"tried: ip4/{n.network_address}_{n.prefixlen}"
+        for n in (
+            ipaddress.ip_network(f"10.7.8.9/{length}", strict=False) for length in range(31, 7, -1)
+        )
+    ]
+
+
+def test_check_json(source: list[str]) -> None:
+    done = tcprules("check", "--json", *source, "10.1.2.3")
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == {
+        "ip": "10.1.2.3",
+        "name": None,
+        "decision": "allow",
+        "key": "ip4/10.1.2.3_32",
+        "set": {},
+        "unset": [],
+        "exec": "fdmove -c 2 1 echo hi\n",
+        "tried": ["ip4/10.1.2.3_32"],
+    }
+    human = tcprules("check", *source, "10.1.2.3")
+    assert 'exec: execlineb -c "fdmove -c 2 1 echo hi\\n"' in human.stdout.splitlines()
+
+
+def test_check_denials_exit_1(source: list[str]) -> None:
+    denied = json.loads(tcprules("check", "--json", *source, "10.9.1.1").stdout)
+    assert (denied["decision"], denied["key"], denied["set"]) == ("deny", "ip4/10.9.0.0_16", {})
+    done = tcprules("check", *source, "192.0.2.1")
+    assert done.returncode == 1
+    assert "key: none (no rule matches)" in done.stdout.splitlines()
+    assert done.stdout.count("tried: ") == 33
+
+
+def test_check_names(source: list[str]) -> None:
+    named = tcprules("check", "--json", *source, "192.0.2.1", "www.example.com.")
+    assert named.returncode == 0
+    answer = json.loads(named.stdout)
+    assert (answer["name"], answer["key"], answer["set"]) == (
+        "www.example.com",
+        "reversedns/example.com",
+        {"VIA": "name"},
+    )
+    assert answer["tried"][-3:] == [
+        "ip4/0.0.0.0_0",
+        "reversedns/www.example.com",
+        "reversedns/example.com",
+    ]
+    # As a server run with -H: the name is not looked at.
+    without = tcprules("check", "-H", *source, "192.0.2.1", "www.example.com")
+    assert without.returncode == 1
+    assert without.stdout.splitlines()[0] == (
+        "client: 192.0.2.1, no name (www.example.com ignored: -H)"
+    )
+    ipv6 = tcprules("check", "--json", *source, "0:0::1")
+    assert json.loads(ipv6.stdout)["key"] == "ip6/::1_128"
+
+
+def test_check_many_clients_from_stdin(source: list[str]) -> None:
+    clients = "10.7.8.9\n# a comment\n\n192.0.2.1 www.example.com\n10.9.0.1\n"
+    many = tcprules("check", "--json", *source, "-", stdin=clients.encode())
+    assert many.returncode == 1  # one at least was denied
+    singles = [
+        tcprules("check", "--json", *source, "10.7.8.9"),
+        tcprules("check", "--json", *source, "192.0.2.1", "www.example.com"),
+        tcprules("check", "--json", *source, "10.9.0.1"),
+    ]
+    assert many.stdout == "".join(done.stdout for done in singles)
+    text = tcprules("check", "-H", *source, "-", stdin=clients.encode())
+    assert text.returncode == 1
+    assert text.stdout == "\n".join(
+        tcprules("check", "-H", *source, *words).stdout
+        for words in (["10.7.8.9"], ["192.0.2.1", "www.example.com"], ["10.9.0.1"])
+    )
+    allowed = tcprules("check", *source, "-", stdin=b"10.1.1.1\n10.2.2.2\n")
+    assert allowed.returncode == 0
+    bad = tcprules("check", *source, "-", stdin=b"10.1.1.1\n10.2.2.2 a b\n")
+    assert (bad.returncode, bad.stderr) == (
+        100,
+        "s6-tcprules: fatal: stdin line 2: expected IP [NAME]\n",
+    )
+
+
+def test_check_errors(tmp_path: Path) -> None:
+    tree = make_tree(tmp_path / "rules", TREE)
+    bad_ip = tcprules("check", "-i", str(tree), "10.1.2")
+    assert (bad_ip.returncode, bad_ip.stderr) == (
+        100,
+        "s6-tcprules: fatal: invalid IP address: 10.1.2\n",
+    )
+    missing = tcprules("check", "-i", str(tmp_path / "none"), "10.1.2.3")
+    assert missing.returncode == 111
+    assert "none" in missing.stderr
+    no_cdb = tcprules("check", "-x", str(tmp_path / "none.cdb"), "10.1.2.3")
+    assert (no_cdb.returncode, no_cdb.stdout) == (111, "")
+    assert no_cdb.stderr.startswith("s6-tcprules: fatal: unable to cdb_init ")
+    usage = tcprules("check", "10.1.2.3")
+    assert usage.returncode == 100
+    assert usage.stderr.startswith("s6-tcprules: usage:\n")
+
+
+def test_help_and_usage() -> None:
+    done = tcprules("--help")
+    assert done.returncode == 0
+    assert "s6-tcprules import [-H] [-o DIR | -x CDB [-m MODE]] [--] [FILE]" in done.stdout
+    assert tcprules().returncode == 100
+    assert tcprules("frobnicate").returncode == 100
+
+
+# --- import, against ucspi-tcp ----------------------------------------------------------
+
+SMTP_RULES = """\
+# /etc/tcp.smtp: who may talk to the mail server, and how
+# (compile: tcprules tcp.smtp.cdb tcp.smtp.tmp < tcp.smtp)
+
+# this machine relays
+127.0.0.1:allow,RELAYCLIENT="",SITE="localhost"
+127.:allow,SITE="loopback"
+
+# head office relays, except the printers and the guest networks
+10.1.250.66:deny
+10.1.:allow,RELAYCLIENT="",SITE="office"
+10.1.8.:allow,SITE="printers"
+10.1.200-255.:allow,SITE="guests"
+
+# branch offices relay; one of them is closed (listed first: the first line wins)
+10.5.:deny
+10.2-9.:allow,RELAYCLIENT="",SITE="branch"
+
+# the VPN pool, split between staff and contractors
+172.16.0.1-127:allow,RELAYCLIENT="",SITE="vpn-staff"
+172.16.0.128-254:allow,SITE="vpn-contractor"
+172.16.0.255:deny
+
+# partners
+192.0.2.:allow,SITE="partner-a",MAXMSG=/10485760/
+198.51.100.0-63:allow,SITE="partner-b"
+198.51.100.64-127:deny
+203.0.113.7:allow,SITE="monitoring",NOLOG="1"
+203.0.113.:deny
+
+# home workers, but not their ISP's spam range
+192.168.13.:deny
+192.168.:allow,SITE="home"
+
+# known hosts (tcpserver -p)
+=mx.partner.example:allow,SITE="partner-mx"
+=.spam.example:deny
+
+# everyone else
+:deny
+"""
+
+# Lines matching names only, each name with its subdomains: s6 can say that.
+PARTNER_RULES = """\
+# a service for partner hosts only (tcpserver -p)
+192.0.2.7:deny
+192.0.2.8:allow,SITE="monitor"
+192.0.2.10-20:allow,SITE="lab"
+=mx.partner.example:allow,SITE="mx"
+=.mx.partner.example:allow,SITE="mx"
+=partner.example:allow,SITE="partner"
+=.partner.example:allow,SITE="partner"
+=.spam.example:deny
+=:deny
+:deny
+"""
+
+
+def ucspi_cdb(tmp_path: Path, text: str) -> Path:
+    """Compile text with ucspi-tcp's tcprules."""
+    cdb = tmp_path / "ucspi.cdb"
+    done = run(TCPRULES, str(cdb), str(tmp_path / "ucspi.tmp"), stdin=text.encode())
+    assert done.returncode == 0, done.stderr
+    return cdb
+
+
+def tcpserver_decision(cdb: Path, ip: str, host: str | None = None) -> Decision:
+    """What tcpserver does with a client, as ucspi-tcp's tcprulescheck tells it."""
+    env = {"TCPREMOTEIP": ip, **({"TCPREMOTEHOST": host} if host else {})}
+    done = subprocess.run(
+        [TCPRULESCHECK, str(cdb)], env=env, capture_output=True, text=True, timeout=10
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] in ("allow connection", "deny connection"), lines
+    allowed = lines[-1] == "allow connection"
+    prefix = "set environment variable "
+    env_set = dict(line[len(prefix) :].split("=", 1) for line in lines if line.startswith(prefix))
+    return allowed, env_set if allowed else {}
+
+
+def s6_decision(source: list[str], ip: str, host: str | None = None) -> Decision:
+    done = tcprules("check", "--json", *source, ip, *([host] if host else []))
+    answer = json.loads(done.stdout)
+    allowed = answer["decision"] == "allow"
+    assert done.returncode == (0 if allowed else 1)
+    assert answer["unset"] == [] and answer["exec"] is None
+    return allowed, answer["set"]
+
+
+def s6_decisions(source: list[str], clients: list[tuple[str, str | None]]) -> list[Decision]:
+    """s6-tcprules check for many clients at once (IP -, one client per line of stdin)."""
+    lines = "".join(f"{ip} {host}\n" if host else f"{ip}\n" for ip, host in clients)
+    done = tcprules("check", "--json", *source, "-", stdin=lines.encode())
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(a["ip"], a["name"]) for a in answers] == clients
+    assert all(a["unset"] == [] and a["exec"] is None for a in answers)
+    decisions = [(a["decision"] == "allow", a["set"]) for a in answers]
+    assert done.returncode == (0 if all(allowed for allowed, _ in decisions) else 1)
+    return decisions
+
+
+def sample_addresses(text: str, count: int, seed: int) -> list[str]:
+    """Addresses around the edges and inside of every line's addresses, then random ones."""
+    chooser = random.Random(seed)
+    found = {0, (1 << 32) - 1}
+    for rule in parse_tcprules(text):
+        spans = [span(key) for key in rule.keys if key and not key.startswith("=")]
+        if not spans:
+            continue
+        low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+        for value in (low - 1, low, low + 1, high - 1, high, high + 1, chooser.randint(low, high)):
+            if 0 <= value < 1 << 32:
+                found.add(value)
+    while len(found) < count:
+        found.add(chooser.getrandbits(32))
+    return [str(ipaddress.IPv4Address(value)) for value in sorted(found)[:count]]
+
+
+def span(key: str) -> tuple[int, int]:
+    """The first and last address a tcprules address or prefix (``10.1.``) matches."""
+    octets = key.rstrip(".").split(".")
+    first = ipaddress.IPv4Address(".".join(octets + ["0"] * (4 - len(octets))))
+    last = ipaddress.IPv4Address(".".join(octets + ["255"] * (4 - len(octets))))
+    return int(first), int(last)
+
+
+@needs_ucspi
+def test_import_decides_as_tcprulescheck(tmp_path: Path) -> None:
+    (tmp_path / "tcp.smtp").write_text(SMTP_RULES)
+    cdb = ucspi_cdb(tmp_path, SMTP_RULES)
+    # The file names a host before address prefixes, which s6 cannot say:
+    # imported for a server run with -H, the name lines are left out.
+    done = tcprules("import", "-H", "-o", str(tmp_path / "rules"), str(tmp_path / "tcp.smtp"))
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        f"s6-tcprules: warning: {tmp_path}/tcp.smtp: left out the lines matching names"
+        " (35, 36): a server run with -H never looks names up\n"
+    )
+    source = ["-i", str(tmp_path / "rules")]
+    addresses = [*sample_addresses(SMTP_RULES, 198, seed=10), "::1", "2001:db8::1"]
+    ours = s6_decisions(source, [(ip, None) for ip in addresses])
+    theirs = [tcpserver_decision(cdb, ip) for ip in addresses]
+    assert [(ip, a) for ip, a, b in zip(addresses, theirs, ours, strict=True) if a != b] == []
+    # Every line's decision was met: 12 SITEs, and deny.
+    assert len({str(decision) for decision in theirs}) == 13
+
+
+@needs_ucspi
+def test_import_with_names_decides_as_tcprulescheck(tmp_path: Path) -> None:
+    cdb = ucspi_cdb(tmp_path, PARTNER_RULES)
+    done = tcprules("import", "-o", str(tmp_path / "rules"), stdin=PARTNER_RULES.encode())
+    assert (done.returncode, done.stderr) == (0, "")
+    source = ["-i", str(tmp_path / "rules")]
+    hosts = [
+        None,
+        "mx.partner.example",
+        "a.mx.partner.example",
+        "partner.example",
+        "www.partner.example",
+        "spam.example",
+        "x.spam.example",
+        "other.example",
+        "partner.example.evil.example",
+    ]
+    addresses = ("192.0.2.7", "192.0.2.8", "192.0.2.15", "192.0.2.21", "198.51.100.1")
+    clients = [(ip, host) for ip in addresses for host in hosts]
+    ours = s6_decisions(source, clients)
+    theirs = [tcpserver_decision(cdb, ip, host) for ip, host in clients]
+    assert [(c, a) for c, a, b in zip(clients, theirs, ours, strict=True) if a != b] == []
+    assert len({str(decision) for decision in theirs}) == 5
+
+
+@needs_ucspi
+def test_import_refuses_what_s6_would_decide_otherwise(tmp_path: Path) -> None:
+    (tmp_path / "tcp.smtp").write_text(SMTP_RULES)
+    done = tcprules("import", "-o", "rules", "tcp.smtp", cwd=tmp_path)
+    assert done.returncode == 100
+    assert entries(tmp_path) == ["tcp.smtp"]  # nothing written
+    lines = done.stderr.splitlines()
+    assert all(line.startswith("s6-tcprules: fatal: tcp.smtp: a client at ") for line in lines)
+    prefix_conflict = next(line for line in lines if "named mx.partner.example gets" in line)
+    assert 'line 35 (=mx.partner.example:allow,SITE="partner-mx") from tcpserver' in prefix_conflict
+    assert "s6 tries every address rule" in prefix_conflict
+    # ucspi-tcp confirms: for that client, tcpserver follows the name line,
+    # and the address rules alone (as s6 would order them) say otherwise.
+    ip = prefix_conflict.split("a client at ")[1].split(" ")[0]
+    cdb = ucspi_cdb(tmp_path, SMTP_RULES)
+    assert tcpserver_decision(cdb, ip, "mx.partner.example") == (True, {"SITE": "partner-mx"})
+    assert tcprules("import", "-H", "-o", "rules", "tcp.smtp", cwd=tmp_path).returncode == 0
+    assert s6_decision(["-i", str(tmp_path / "rules")], ip) != (True, {"SITE": "partner-mx"})
+    # =mx.partner.example matches that name only, while reversedns/ matches below too.
+    below = next(line for line in lines if "named unlisted.mx.partner.example" in line)
+    assert "matches only mx.partner.example itself" in below
+    outside = "198.18.0.1"  # in no address rule
+    assert tcpserver_decision(cdb, outside, "mx.partner.example") == (True, {"SITE": "partner-mx"})
+    assert tcpserver_decision(cdb, outside, "www.mx.partner.example") == (False, {})
+
+
+@needs_ucspi
+def test_import_refuses_a_line_tcprules_never_uses(tmp_path: Path) -> None:
+    text = "10.0.0.1-50:allow\n10.0.0.13:deny\n:deny\n"
+    done = tcprules("import", "-x", str(tmp_path / "rules.cdb"), stdin=text.encode())
+    assert done.returncode == 100
+    assert done.stderr == (
+        "s6-tcprules: fatal: stdin: line 2 (10.0.0.13:deny) never applies: line 1"
+        " (10.0.0.1-50:allow) comes first for the same address, and tcprules keeps the"
+        " first line, while in s6 the more specific one would win; remove line 2 or"
+        " move it above line 1\n"
+    )
+    assert entries(tmp_path) == []
+    assert tcpserver_decision(ucspi_cdb(tmp_path, text), "10.0.0.13") == (True, {})
+    # Moved above, the exception is the tcprules idiom, and imports exactly.
+    text = "10.0.0.13:deny\n10.0.0.1-50:allow\n:deny\n"
+    cdb = ucspi_cdb(tmp_path, text)
+    done = tcprules("import", "-x", str(tmp_path / "rules.cdb"), stdin=text.encode())
+    assert (done.returncode, done.stderr) == (0, "")
+    for last in range(10, 17):
+        ip = f"10.0.0.{last}"
+        assert s6_decision(["-x", str(tmp_path / "rules.cdb")], ip) == tcpserver_decision(cdb, ip)
+
+
+@needs_ucspi
+def test_import_without_a_default_allows_like_tcpserver(tmp_path: Path) -> None:
+    text = "10.:deny\n"
+    done = tcprules("import", stdin=text.encode())
+    assert done.returncode == 0
+    assert done.stdout == (
+        "ip4/0.0.0.0_0 allow  # tcpserver's default\n"
+        "ip4/10.0.0.0_8 deny  # line 1\n"
+        "ip6/::_0 allow  # tcpserver's default\n"
+    )
+    assert "tcpserver allows a client no line matches" in done.stderr
+    assert tcpserver_decision(ucspi_cdb(tmp_path, text), "192.0.2.1") == (True, {})
+
+
+def test_import_forms(tmp_path: Path) -> None:
+    (tmp_path / "in").write_text(SMTP_RULES)
+    listing = tcprules("import", "-H", "in", cwd=tmp_path)
+    assert listing.returncode == 0
+    assert "ip4/10.1.200.0_21 allow SITE=guests  # line 12\n" in listing.stdout
+    assert "ip4/127.0.0.1_32 allow RELAYCLIENT= SITE=localhost  # line 5\n" in listing.stdout
+    assert tcprules("import", "-H", "-o", "rules", "in", cwd=tmp_path).returncode == 0
+    done = tcprules(
+        "import", "-H", "-x", "rules.cdb", "-m", "644", "-", cwd=tmp_path, stdin=SMTP_RULES.encode()
+    )
+    assert done.returncode == 0
+    assert stat.S_IMODE((tmp_path / "rules.cdb").stat().st_mode) == 0o644
+    assert run(CDB_FROM_FS, "compiled.cdb", "rules", cwd=tmp_path).returncode == 0
+    assert records(tmp_path / "rules.cdb") == records(tmp_path / "compiled.cdb")
+    assert len(listing.stdout.splitlines()) == len(records(tmp_path / "compiled.cdb"))
+    tree = tree_of(tmp_path / "rules")
+    assert tree["ip4/127.0.0.1_32/env/RELAYCLIENT"] == "\n"  # set, to the empty string
+    assert tree["ip4/192.0.2.0_24/env/MAXMSG"] == "10485760\n"
+    assert sorted(os.listdir(tmp_path)) == ["compiled.cdb", "in", "rules", "rules.cdb"]
+    # An existing directory is left alone.
+    again = tcprules("import", "-H", "-o", "rules", "in", cwd=tmp_path)
+    assert again.returncode == 111
+    assert "File exists" in again.stderr
+    assert tree_of(tmp_path / "rules") == tree
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10.:allow\n1.2.3.4:foo\n", "line 2: unable to parse this line: 1.2.3.4:foo"),
+        (
+            "joe@10.1.2.3:allow\n",
+            "line 1 (joe@10.1.2.3:allow): IDENT rules (user@address) have no s6 equivalent",
+        ),
+        ("10.0.0.0/8:allow\n", "line 1 (10.0.0.0/8:allow): tcpserver never matches the address"),
+    ],
+)
+def test_import_errors_name_the_line(tmp_path: Path, text: str, message: str) -> None:
+    (tmp_path / "in").write_text(text)
+    done = tcprules("import", "-o", "rules", "in", cwd=tmp_path)
+    assert done.returncode == 100
+    assert done.stderr.startswith(f"s6-tcprules: fatal: in: {message}")
+    assert entries(tmp_path) == ["in"]
+
+
+def test_import_unreadable_file(tmp_path: Path) -> None:
+    done = tcprules("import", str(tmp_path / "missing"))
+    assert (done.returncode, done.stdout) == (111, "")
+    assert (
+        done.stderr
+        == f"s6-tcprules: fatal: unable to read {tmp_path}/missing: No such file or directory\n"
+    )
+
+
+# --- add and remove ----------------------------------------------------------------------
+
+
+def test_add_and_remove(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    done = tcprules(
+        "add", "-i", str(rules), "10.0.0.0/8", "allow",
+        "--env", "SITE=office", "--env=EMPTY=", "--unset", "DEBUG",
+        "--exec", "fdmove -c 2 1 echo hi",
+    )  # fmt: skip
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    assert tcprules("add", "-i", str(rules), "ip4/10.9.0.0_16", "deny").returncode == 0
+    assert tcprules("add", "-i", str(rules), "reversedns/Example.COM.", "deny").returncode == 0
+    assert tcprules("add", "-i", str(rules), "::1", "allow").returncode == 0
+    assert tree_of(rules) == {
+        "ip4/10.0.0.0_8/allow": "",
+        "ip4/10.0.0.0_8/env/DEBUG": "",
+        "ip4/10.0.0.0_8/env/EMPTY": "\n",
+        "ip4/10.0.0.0_8/env/SITE": "office\n",
+        "ip4/10.0.0.0_8/exec": "fdmove -c 2 1 echo hi",
+        "ip4/10.9.0.0_16/deny": "",
+        "ip6/::1_128/allow": "",
+        "reversedns/Example.COM/deny": "",
+    }
+    answer = json.loads(tcprules("check", "--json", "-i", str(rules), "10.1.1.1").stdout)
+    assert (answer["set"], answer["unset"], answer["exec"]) == (
+        {"EMPTY": "", "SITE": "office"},
+        ["DEBUG"],
+        "fdmove -c 2 1 echo hi",
+    )
+
+    again = tcprules("add", "-i", str(rules), "10.0.0.0/8", "deny")
+    assert (again.returncode, again.stderr) == (
+        1,
+        "s6-tcprules: fatal: ip4/10.0.0.0_8 already has a rule (use --replace)\n",
+    )
+    assert tree_of(rules)["ip4/10.0.0.0_8/env/SITE"] == "office\n"
+    replaced = tcprules("add", "--replace", "-i", str(rules), "10.0.0.0/8", "deny")
+    assert replaced.returncode == 0
+    assert [k for k in tree_of(rules) if k.startswith("ip4/10.0.0.0_8/")] == ["ip4/10.0.0.0_8/deny"]
+
+    assert tcprules("remove", "-i", str(rules), "ip4/10.0.0.0_8").returncode == 0
+    gone = tcprules("remove", "-i", str(rules), "10.0.0.0/8")
+    assert (gone.returncode, gone.stderr) == (1, "s6-tcprules: fatal: ip4/10.0.0.0_8 has no rule\n")
+    assert entries(rules) == sorted([
+        "ip4", "ip4/10.9.0.0_16", "ip4/10.9.0.0_16/deny", "ip6", "ip6/::1_128",
+        "ip6/::1_128/allow", "reversedns", "reversedns/Example.COM", "reversedns/Example.COM/deny",
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["add", "-i", "rules", "10.1.2.3/8", "deny"], 100,
+         "key '10.1.2.3/8' has host bits set: the server looks up ip4/10.0.0.0_8"),
+        (["add", "-i", "rules", "ip4/10.1.2.3_8", "deny"], 100, "has host bits set"),
+        (["add", "-i", "rules", "uid/0", "deny"], 100, "invalid key 'uid/0'"),
+        (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--env", "NOVALUE"], 100,
+         "--env NOVALUE: expected NAME=VALUE"),
+        (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--env", "A=1", "--unset", "A"], 100,
+         "A is given twice"),
+        (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--env", "A=x "], 100,
+         "an envdir drops trailing blanks"),
+        (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--env", ".A=x"], 100,
+         "not a variable an envdir can hold"),
+        (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--exec", "x" * 4097], 100,
+         "exec is 4097 bytes, more than 4096"),
+        (["add", "-i", "missing", "ip4/10.0.0.0_8", "allow"], 111, "unable to open missing"),
+        (["remove", "-i", "rules", "10.0.0.0.0"], 100, "invalid key"),
+    ],
+)  # fmt: skip
+def test_add_and_remove_errors(tmp_path: Path, argv: list[str], status: int, message: str) -> None:
+    (tmp_path / "rules").mkdir()
+    done = tcprules(*argv, cwd=tmp_path)
+    assert done.returncode == status
+    assert done.stderr.startswith("s6-tcprules: fatal: ")
+    assert message in done.stderr
+    assert entries(tmp_path) == ["rules"]
+
+
+def test_deny_takes_no_environment(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    done = tcprules("add", "-i", "rules", "10.0.0.0/8", "deny", "--env", "A=1", cwd=tmp_path)
+    assert done.returncode == 100
+    assert done.stderr.startswith("s6-tcprules: usage:\n")
+
+
+def test_replace_is_atomic_for_readers(tmp_path: Path) -> None:
+    """A reader polling a rule while it is replaced always finds one, complete."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+
+    def add(version: str, *options: str) -> None:
+        done = tcprules(
+            "add", *options, "-i", str(rules), "127.0.0.0/8", "allow",
+            "--env", f"V={version}", "--env", f"W={version}", "--exec", f"echo {version}",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    add("a")
+    seen: list[Rule | None] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            seen.append(lookup_dir(str(rules), "ip4/127.0.0.0_8"))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for version in "bababab":
+            add(version, "--replace")
+    finally:
+        stop.set()
+        thread.join()
+    assert len(seen) > 10
+    # Never no rule, never a rule half written. (lookup_dir reads a rule file by
+    # file, so a lookup across a swap may mix both versions' files.)
+    for rule in seen:
+        assert rule is not None
+        assert rule.allow
+        assert [name for name, _ in rule.env] == ["V", "W"]
+        assert {value for _, value in rule.env} <= {"a", "b"}
+        assert rule.exec in ("echo a", "echo b")
+    assert lookup_dir(str(rules), "ip4/127.0.0.0_8") == Rule(
+        allow=True, env=(("V", "b"), ("W", "b")), exec="echo b"
+    )
+    assert entries(rules / "ip4") == sorted(
+        [
+            "127.0.0.0_8",
+            "127.0.0.0_8/allow",
+            "127.0.0.0_8/env",
+            "127.0.0.0_8/env/V",
+            "127.0.0.0_8/env/W",
+            "127.0.0.0_8/exec",
+        ]
+    )
+
+
+def test_replace_never_fails_a_reader(tmp_path: Path) -> None:
+    """Rules whose variables differ, swapped for up to 3 s under a polling reader."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    versions = [Rule(allow=True, env=(("A", "1"),)), Rule(allow=True, env=(("B", "2"),))]
+    add_rule(str(rules), "ip4/127.0.0.0_8", versions[0])
+    stop = threading.Event()
+
+    def writer() -> None:
+        turn = 1
+        while not stop.is_set():
+            add_rule(str(rules), "ip4/127.0.0.0_8", versions[turn], replace=True)
+            turn ^= 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    deadline = time.monotonic() + 3
+    try:
+        while time.monotonic() < deadline:
+            assert lookup_dir(str(rules), "ip4/127.0.0.0_8") in versions
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_a_running_server_follows_add_and_remove(server: ServerFactory, tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    srv = server("-H", "-i", str(rules), "127.0.0.1", "0", "/usr/bin/env")
+
+    def served(source: str) -> dict[str, str] | None:
+        try:
+            with client.connect(srv.port, source=source) as s:
+                return client.env_of(client.read_all(s)[0])
+        except (OSError, ConnectionError):
+            return None
+
+    assert served("127.0.0.2") is None
+    assert (
+        tcprules("add", "-i", str(rules), "127.0.0.0/30", "allow", "--env", "WHO=lan").returncode
+        == 0
+    )
+    env = served("127.0.0.2")
+    assert env is not None and env["WHO"] == "lan"
+    assert tcprules("add", "-i", str(rules), "127.0.0.2", "deny").returncode == 0
+    assert served("127.0.0.2") is None
+    assert tcprules("remove", "-i", str(rules), "127.0.0.0/30").returncode == 0
+    assert served("127.0.0.1") is None
