@@ -13,6 +13,17 @@ from collections.abc import Callable
 PROG = "s6-tlsserver"
 
 
+def say(prog: str, kind: str, message: str) -> None:
+    """Write ``prog: kind: message`` on stderr, as skarnet's tools do.
+
+    Paths go back as the bytes they were given; a closed stderr is ignored.
+    """
+    try:
+        os.write(2, os.fsencode(f"{prog}: {kind}: {message}\n"))
+    except (OSError, ValueError):
+        pass
+
+
 def one_line(text: str) -> str:
     """Fold anything a peer or the system could put in a message onto one line."""
     return text.replace("\n", " ").replace("\r", " ")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import sys
 
 import docopt
 
+from s6tls.logline import say
 from s6tls.rules import RulesError, RuleTooBigError, compile_dir, write_cdb
 
 PROG = "s6-accessrules-cdb-from-fs"
@@ -52,8 +51,5 @@ def run(argv: list[str]) -> int:
 
 
 def _say(kind: str, message: str, status: int) -> int:
-    # Paths are written back as the bytes they were given.
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.buffer.write(os.fsencode(f"{PROG}: {kind}: {message}\n"))
-        sys.stderr.buffer.flush()
+    say(PROG, kind, message)
     return status

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
 
 import docopt
 
+from s6tls.logline import say
 from s6tls.rules import NotARuleError, Rule, RulesError, decode, read_cdb, write_tree
 
 PROG = "s6-accessrules-fs-from-cdb"
@@ -52,8 +51,5 @@ def run(argv: list[str]) -> int:
 
 
 def _say(kind: str, message: str, status: int) -> int:
-    # Paths are written back as the bytes they were given.
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.buffer.write(os.fsencode(f"{PROG}: {kind}: {message}\n"))
-        sys.stderr.buffer.flush()
+    say(PROG, kind, message)
     return status

@@ -7,7 +7,6 @@ s6-accessrules-fs-from-cdb (so their messages carry those names);
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ import sys
 import docopt
 
 from s6tls.commands import cdb_from_fs, fs_from_cdb
+from s6tls.logline import say
 from s6tls.rules import (
     CdbRules,
     DirRules,
@@ -105,7 +105,7 @@ def run(argv: list[str]) -> int:
     try:
         args = docopt.docopt(HELP, argv, default_help=False)
     except docopt.DocoptExit:
-        _say(f"{PROG}: usage:\n{USAGE.partition(chr(10))[2]}".rstrip("\n"))
+        sys.stderr.write(f"{PROG}: usage:\n{USAGE.partition(chr(10))[2].rstrip()}\n")
         return EXIT_USAGE
     if args["--help"]:
         sys.stdout.write(HELP)
@@ -123,7 +123,7 @@ def run(argv: list[str]) -> int:
             return _add(args)
         return _remove(args)
     except _Failed as e:
-        _say(f"{PROG}: fatal: {e}")
+        say(PROG, "fatal", str(e))
         return e.status
 
 
@@ -241,10 +241,10 @@ def _import(args: dict[str, object]) -> int:
         conversion = convert_tcprules(parse_tcprules(os.fsdecode(data)), names=not args["-H"])
     except TcpRulesError as e:
         for problem in e.problems[:-1]:
-            _say(f"{PROG}: fatal: {label}: {problem}")
+            say(PROG, "fatal", f"{label}: {problem}")
         raise _Failed(f"{label}: {e.problems[-1]}", EXIT_USAGE) from None
     for warning in conversion.warnings:
-        _say(f"{PROG}: warning: {label}: {warning}")
+        say(PROG, "warning", f"{label}: {warning}")
     try:
         if args["-o"] is not None:
             create_ruleset(str(args["-o"]), conversion.rules)
@@ -330,10 +330,3 @@ def _remove(args: dict[str, object]) -> int:
     except RulesError as e:
         raise _Failed(str(e)) from None
     return 0
-
-
-def _say(message: str) -> None:
-    # Paths are written back as the bytes they were given.
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.buffer.write(os.fsencode(f"{message}\n"))
-        sys.stderr.buffer.flush()

@@ -57,7 +57,7 @@ from s6tls.launch import prog_command
 from s6tls.options import Options, unsigned
 from s6tls.rules import Rule, RuleSource, compile_dir, decode, read_cdb
 from s6tls.rules.errors import RulesError
-from s6tls.shell.spawn import SpawnFailed, pipes, spawn_on
+from s6tls.shell.spawn import SpawnFailed, spawn_on, start_on_pipes
 from s6tls.shell.tls import FileIdentity, LocalFiles
 from s6tls.sslvars import TlsInfo
 
@@ -367,23 +367,21 @@ class HelperClient:
         found: tuple[str, Rule] | None,
         info: TlsInfo,
     ) -> HelperChild:
-        (in_r, in_w), (out_r, out_w) = pipes()
         request = {
             "op": "spawn",
             "conn": conn_facts(conn),
             "info": info_facts(info),
             "key": found[0] if found else None,
         }
-        try:
-            pid = self.call(request, [in_r, out_w])["pid"]
-        except HelperError as e:
-            os.close(in_w)
-            os.close(out_r)
-            raise SpawnFailed(str(e)) from None
-        finally:
-            os.close(in_r)
-            os.close(out_w)
-        return HelperChild(self, pid, in_w, out_r)
+
+        def start(stdin: int, stdout: int) -> int:
+            try:
+                return int(self.call(request, [stdin, stdout])["pid"])
+            except HelperError as e:
+                raise SpawnFailed(str(e)) from None
+
+        pid, stdin, stdout = start_on_pipes(start)
+        return HelperChild(self, pid, stdin, stdout)
 
     # Files
     def read(self, path: str) -> bytes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from gevent.socket import wait_read
@@ -66,11 +66,27 @@ class LocalChild:
             return None
 
 
-def pipes() -> tuple[tuple[int, int], tuple[int, int]]:
-    """prog's stdin and stdout pipes, big, close-on-exec, non-blocking on our side.
+def start_on_pipes(start: Callable[[int, int], int]) -> tuple[int, int, int]:
+    """Make prog's pipes and start it on them with ``start(stdin, stdout) -> pid``.
 
-    Returns ((prog's stdin, our end), (our end, prog's stdout)).
+    Returns (pid, our end of its stdin, our end of its stdout); prog's ends
+    are closed here, and on failure nothing is left open.
     """
+    (in_r, in_w), (out_r, out_w) = _pipes()
+    try:
+        pid = start(in_r, out_w)
+    except BaseException:
+        os.close(in_w)
+        os.close(out_r)
+        raise
+    finally:
+        os.close(in_r)
+        os.close(out_w)
+    return pid, in_w, out_r
+
+
+def _pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """prog's stdin and stdout pipes, big, close-on-exec, non-blocking on our side."""
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     try:
@@ -124,14 +140,5 @@ class LocalLauncher:
         info: TlsInfo,
     ) -> Child:
         argv, env = prog_command(self.opts, tcp_env, found[1] if found else None, info)
-        (in_r, in_w), (out_r, out_w) = pipes()
-        try:
-            pid = spawn_on(argv, env, in_r, out_w)
-        except SpawnFailed:
-            os.close(in_w)
-            os.close(out_r)
-            raise
-        finally:
-            os.close(in_r)
-            os.close(out_w)
-        return LocalChild(pid, in_w, out_r)
+        pid, stdin, stdout = start_on_pipes(lambda i, o: spawn_on(argv, env, i, o))
+        return LocalChild(pid, stdin, stdout)
