@@ -85,12 +85,14 @@ def prog_environ(
     With -U, UID, GID and GIDLIST have been used to choose prog's identity
     and are removed, as ``s6-applyuidgid -Uz`` does.
     """
-    out = {
-        name: value
-        for name, value in env.items()
-        if name not in SSL_VARIABLES
-        and (keep_tls or not is_tls_variable(name))
-        and not (drop_identity and name in IDENTITY_VARIABLES)
-    }
+    out = dict(env)
+    for name in SSL_VARIABLES:
+        out.pop(name, None)
+    if not keep_tls:
+        for name in [*TLS_VARIABLES, *(n for n in out if n.startswith(TLS_PREFIXES))]:
+            out.pop(name, None)
+    if drop_identity:
+        for name in IDENTITY_VARIABLES:
+            out.pop(name, None)
     out.update(tls.variables())
     return out

@@ -68,6 +68,11 @@ class Log:
         except OSError:
             pass  # a broken log pipe must not take the server down
 
+    @property
+    def verbose(self) -> bool:
+        """Whether every-connection lines are shown: check before formatting them."""
+        return self.verbosity >= 2
+
     def info(self, message: str) -> None:
         """Every-connection chatter: shown at -v."""
         if self.verbosity >= 2:

@@ -68,5 +68,6 @@ def check_access(
     key, rule = found
     if not rule.allow:
         raise Denied(f"deny {where} key {key}")
-    log.info(f"allow {where} key {key}")
+    if log.verbose:
+        log.info(f"allow {where} key {key}")
     return conn, found

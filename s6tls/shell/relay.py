@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import gevent
 from gevent.socket import wait_read, wait_write
 
+from s6tls.shell.spawn import grow_pipe
 from s6tls.shell.tls import PLAIN_CHUNK, TlsStream
 
 
@@ -38,21 +39,30 @@ def read_pipe(fd: int) -> bytes:
             wait_read(fd)
 
 
-def write_pipe(fd: int, data: bytes) -> None:
-    """Write all of data to prog, waiting cooperatively while the pipe is full."""
+def write_pipe(fd: int, data: bytes) -> bool:
+    """Write all of data to prog, waiting cooperatively while the pipe is full.
+
+    Returns whether it had to wait (the pipe was full).
+    """
     view = memoryview(data)
+    waited = False
     while view:
         try:
             view = view[os.write(fd, view) :]
         except BlockingIOError:
+            waited = True
             wait_write(fd)
+    return waited
 
 
 def _to_prog(stream: TlsStream, fd: int, end: RelayEnd) -> None:
     """Peer → prog, until the peer's EOF (then prog's stdin gets EOF)."""
     try:
+        grown = False
         while data := stream.read():
-            write_pipe(fd, data)
+            if write_pipe(fd, data) and not grown:
+                grown = True
+                grow_pipe(fd)
         end.ragged_eof = not stream.clean_eof
     except BrokenPipeError:
         pass  # prog stopped reading: what the peer sends now has nowhere to go
@@ -67,7 +77,11 @@ def relay(stream: TlsStream, stdin: int, stdout: int, close_notify: bool) -> Rel
     end = RelayEnd()
     upstream = gevent.spawn(_to_prog, stream, stdin, end)
     try:
+        grown = False
         while data := read_pipe(stdout):
+            if len(data) == PLAIN_CHUNK and not grown:
+                grown = True
+                grow_pipe(stdout)
             stream.write(data)
     except (ssl.SSLError, OSError) as e:
         end.error = end.error or f"unable to write to remote: {e.strerror or e}"

@@ -79,6 +79,8 @@ class Server:
         log = self.service.log
 
         def started() -> None:
+            if not log.verbose:
+                return
             assert session.child is not None
             count = self.per_ip[session.remote_ip]
             log.info(
@@ -96,7 +98,7 @@ class Server:
             status = run(self.service, sock, session, started)
         finally:
             self._release(session)
-        if status is not None and not self.draining:
+        if status is not None and log.verbose and not self.draining:
             pid = session.child.pid if session.child else 0
             count = self.per_ip.get(session.remote_ip, 0)
             log.info(logline.end(pid, status, count, opts.localmaxconn))

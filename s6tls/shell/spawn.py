@@ -21,7 +21,7 @@ from s6tls.options import Options
 from s6tls.rules import Rule
 from s6tls.sslvars import TlsInfo
 
-# A bigger pipe means fewer wake-ups per megabyte relayed.
+# A busy pipe is grown to this size.
 PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -85,15 +85,22 @@ def start_on_pipes(start: Callable[[int, int], int]) -> tuple[int, int, int]:
     return pid, in_w, out_r
 
 
-def _pipes() -> tuple[tuple[int, int], tuple[int, int]]:
-    """prog's stdin and stdout pipes, big, close-on-exec, non-blocking on our side."""
-    in_r, in_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+def grow_pipe(fd: int) -> None:
+    """Enlarge a pipe that carries bulk data: fewer wake-ups per megabyte.
+
+    Done only once a direction proves busy: most sessions are short, and a
+    big pipe costs kernel memory for as long as it lives.
+    """
     try:
-        fcntl.fcntl(in_w, _F_SETPIPE_SZ, PIPE_SIZE)
-        fcntl.fcntl(out_w, _F_SETPIPE_SZ, PIPE_SIZE)
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # over /proc/sys/fs/pipe-max-size for this user: keep the default
+
+
+def _pipes() -> tuple[tuple[int, int], tuple[int, int]]:
+    """prog's stdin and stdout pipes, close-on-exec, non-blocking on our side."""
+    in_r, in_w = os.pipe2(os.O_CLOEXEC)
+    out_r, out_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(in_w, False)
     os.set_blocking(out_r, False)
     return (in_r, in_w), (out_r, out_w)
