@@ -1,0 +1,149 @@
+"""tools/bench in its tiny configuration: a table with numbers, and nothing left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "tools" / "bench"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("gcc") is None or not Path("/usr/include/openssl/ssl.h").exists(),
+    reason="the bench builds its load client with gcc and libssl-dev",
+)
+
+NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the bench builds its client: one build for this module, never the user's cache."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _start(cache: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(BENCH), *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "XDG_CACHE_HOME": str(cache)},
+        start_new_session=True,  # its session id is its pid: how we find what it left
+    )
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return [text[text.index("(") + 1 : text.rindex(")")], *text[text.rindex(")") + 2 :].split()]
+
+
+def _in_session(sid: int) -> list[str]:
+    """Processes (pid and name) still in the session sid."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := _stat(int(name))) is not None and int(stat[4]) == sid:
+            found.append(f"{name} {stat[0]} {stat[1]}")
+    return found
+
+
+def _servers(sid: int) -> list[str]:
+    return [p for p in _in_session(sid) if p.split()[1] in ("s6-tlsserver", "stunnel4")]
+
+
+def _left_behind(pids: list[int], before_ticks: int) -> list[str]:
+    """pids that still run the process the bench started (same pid, started before it ended)."""
+    left = []
+    for pid in pids:
+        stat = _stat(pid)
+        if stat is not None and int(stat[20]) <= before_ticks:
+            left.append(f"{pid} {stat[0]} {stat[1]}")
+    return left
+
+
+def _ticks_now() -> int:
+    return int(float(Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")) + 1
+
+
+def _row(table: str, label: str) -> list[str]:
+    """The cells of the table row that starts with label."""
+    for line in table.splitlines():
+        if line.startswith(label):
+            return line[len(label) :].split()
+    raise AssertionError(f"no row {label!r} in:\n{table}")
+
+
+def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path):
+    out = tmp_path / "bench.json"
+    bench = _start(cache, "--smoke", "--json", str(out))
+    try:
+        stdout, stderr = bench.communicate(timeout=240)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    ended = _ticks_now()
+    assert bench.returncode == 0, stderr
+
+    header = next(line for line in stdout.splitlines() if line.split()[:2] == ["ours", "stunnel"])
+    assert header.split() == ["ours", "stunnel", "client", "CPU"]
+    for label in (
+        "full c=1: sessions/s",
+        "full c=1: p99 ms",
+        "resumed c=4: sessions/s",
+        "down MB/s",
+        "up MB/s",
+        "echo MB/s",
+        "KiB per idle session",
+    ):
+        cells = [c for c in _row(stdout, label) if not c.startswith("(") and c != "!"]
+        numbers = [c for c in cells if NUMBER.match(c)]
+        assert len(numbers) >= 2, f"{label}: {cells}"
+        assert "!" not in _row(stdout, label), f"{label}: some session failed"
+    assert _row(stdout, "protocol")[:2] == ["TLSv1.3", "TLSv1.3"]
+    assert "memory per idle session" in stdout  # the targets section
+
+    saved = json.loads(out.read_text())
+    for key in ("full c=1", "resumed c=4", "down", "up", "echo", "idle"):
+        for server in ("ours", "stunnel"):
+            (sample,) = saved["samples"][key][server]
+            assert sample["errors"] == 0, (key, server, sample)
+    assert saved["samples"]["idle"]["ours"][0]["sessions"] == 20
+    assert all(s["resumed"] > 0 for s in saved["samples"]["resumed c=4"]["ours"])
+
+    assert saved["pids"], "the bench reported no process"
+    assert _in_session(bench.pid) == []
+    assert _left_behind(saved["pids"], ended) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_bench_stops_everything_it_started(cache, signum):
+    bench = _start(cache, "--smoke")
+    try:
+        deadline = time.monotonic() + 120
+        # Interrupt it once servers under test run (their progs may run too).
+        while time.monotonic() < deadline and not _servers(bench.pid):
+            assert bench.poll() is None, bench.communicate()
+            time.sleep(0.05)
+        assert _servers(bench.pid)
+        os.kill(bench.pid, signum)
+        _, stderr = bench.communicate(timeout=60)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode != 0
+    assert f"stopped by {signal.Signals(signum).name}" in stderr
+    assert _in_session(bench.pid) == []

@@ -1,0 +1,5 @@
+"""Entry point: ``python -m benchlib`` (what tools/bench runs)."""
+
+from benchlib.cli import main
+
+main()

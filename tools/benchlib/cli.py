@@ -1,0 +1,204 @@
+"""``tools/bench``: the command line, the run, the printed report."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.metadata
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchlib import report
+from benchlib.certs import make_pair
+from benchlib.client import Client, ClientError, build
+from benchlib.procs import Interrupted, supervised
+from benchlib.servers import KINDS, OURS, ServerError, Setup
+from benchlib.workloads import PLANS, Bench, Plan
+
+DESCRIPTION = """\
+Benchmark s6-tlsserver against stunnel4 (exec mode), socat (OPENSSL-LISTEN,fork
+EXEC) and tcpserver (ucspi-tcp, plain TCP: the ceiling without TLS), all on
+127.0.0.1 with the same certificate and the same prog per connection:
+sessions/s and latency with full and resumed handshakes at several
+concurrencies (prog: head -n1), one-session MB/s down, up and echo, and
+server-side memory per idle session (PSS). Servers alternate run by run.
+"""
+
+NEEDS = {"stunnel": "stunnel4", "socat": "socat", "tcpserver": "tcpserver"}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tools/bench", description=DESCRIPTION)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="3 short runs (about two minutes)")
+    size.add_argument("--smoke", action="store_true", help="a tiny run that checks the bench")
+    p.add_argument("--rsa", action="store_true", help="RSA-2048 instead of ECDSA P-256")
+    p.add_argument("--tls-version", choices=("1.2", "1.3"), help="force this TLS version")
+    p.add_argument(
+        "--servers",
+        help=f"comma-separated, from {','.join(KINDS)} (default: all; --smoke: ours,stunnel)",
+    )
+    p.add_argument("--runs", type=int, help="runs of the sessions and transfer workloads")
+    p.add_argument(
+        "--ours", metavar="COMMAND", default=OURS, help=f"the s6-tlsserver to test (default {OURS})"
+    )
+    p.add_argument("--json", metavar="FILE", help="also save every sample and the summary here")
+    p.add_argument("-v", "--verbose", action="store_true", help="print every measurement")
+    return p.parse_args(argv)
+
+
+def _versions() -> dict[str, str]:
+    def first_line(argv: list[str], pick: str) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        for line in (done.stdout + done.stderr).splitlines():
+            if pick in line:
+                return line.strip()
+        return "?"
+
+    try:
+        ours = importlib.metadata.version("s6tls")
+    except importlib.metadata.PackageNotFoundError:
+        ours = "?"
+    return {
+        "s6tls": ours,
+        "python": sys.version.split()[0],
+        "stunnel": first_line(["stunnel4", "-version"], "stunnel "),
+        "socat": first_line(["socat", "-V"], "socat version"),
+        "openssl": first_line(["openssl", "version"], "OpenSSL"),
+    }
+
+
+def _raise_fd_limit() -> None:
+    """Soft fd limit up to the hard one, for the bench and every server alike."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the bench; on Ctrl-C, SIGTERM or SIGHUP stop everything it started and exit."""
+    try:
+        bench(parse(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        sys.exit("tools/bench: stopped by SIGINT")
+    except Interrupted as e:
+        sys.exit(f"tools/bench: stopped by {e}")
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Start, measure and stop every server, then print (and save) the report."""
+    plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
+    if args.runs:
+        plan = dataclasses.replace(plan, runs=args.runs)
+    names = (args.servers or ("ours,stunnel" if args.smoke else ",".join(KINDS))).split(",")
+    unknown = [n for n in names if n not in KINDS]
+    if unknown:
+        sys.exit(
+            f"tools/bench: unknown server {', '.join(unknown)}; choose from {', '.join(KINDS)}"
+        )
+    missing = [NEEDS[n] for n in names if n in NEEDS and shutil.which(NEEDS[n]) is None]
+    if missing:
+        sys.exit(f"tools/bench: {', '.join(missing)} not installed: run tools/install --test")
+    kinds = [KINDS[n] for n in KINDS if n in names]
+    _raise_fd_limit()
+    say = _Progress(args.verbose)
+    began = time.monotonic()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="s6tls-bench-") as tmp, supervised() as procs:
+        workdir = Path(tmp)
+        pair = make_pair(workdir, rsa=args.rsa)
+        setup = Setup(pair, workdir, maxconn=max(plan.idle + 100, 200), ours=args.ours)
+        try:
+            client = Client(build(procs), procs, args.tls_version)
+            results = Bench(plan, kinds, setup, client, procs, say).run()
+        except (ClientError, ServerError) as e:
+            sys.exit(f"tools/bench: {e}")
+        started = list(procs.started)
+    elapsed = time.monotonic() - began
+    load_after = os.getloadavg()
+    versions = _versions()
+    entries = report.verdicts(results)
+    print(_header(plan, pair.kind, args.tls_version, versions, load_before, load_after, elapsed))
+    print()
+    print(report.table(results, kinds, plan))
+    print()
+    print(report.targets_text(entries))
+    if args.json:
+        document: dict[str, Any] = {
+            "plan": dataclasses.asdict(plan),
+            "certificate": pair.kind,
+            "tls_version": args.tls_version or "negotiated",
+            "servers": {k.name: k.note for k in kinds},
+            "environment": {
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+                "seconds": elapsed,
+                **versions,
+            },
+            "samples": results.samples,
+            "summary": report.summarize(results),
+            "targets": entries,
+            "pids": started,
+        }
+        Path(args.json).write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+
+
+class _Progress:
+    """Progress lines on stderr; per-measurement lines only with -v."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+        self.began = time.monotonic()
+
+    def __call__(self, text: str, verbose: bool = False) -> None:
+        if self.verbose or not verbose:
+            print(f"[{time.monotonic() - self.began:4.0f} s] {text}", file=sys.stderr, flush=True)
+
+
+def _header(
+    plan: Plan,
+    certificate: str,
+    tls_version: str | None,
+    versions: dict[str, str],
+    before: tuple[float, float, float],
+    after: tuple[float, float, float],
+    elapsed: float,
+) -> str:
+    per_point = f"{plan.count} sessions" if plan.count else f"{plan.seconds:g} s"
+    return "\n".join(
+        [
+            f"tools/bench ({plan.name}): {certificate}, TLS {tls_version or 'as negotiated'}, "
+            f"{plan.runs} runs alternating servers, {per_point} per sessions point, "
+            f"{elapsed:.0f} s in all",
+            f"machine: {os.cpu_count()} CPUs, load average {before[0]:.2f} before, "
+            f"{after[0]:.2f} after (a shared machine moves absolute numbers; "
+            "servers alternate, so compare within a row)",
+            f"ours = s6tls {versions['s6tls']} (Python {versions['python']}) with default flags, "
+            f"ours -D = with TCP_NODELAY; {versions['stunnel']} (exec mode, debug = err); "
+            f"{versions['socat']} (fork, EXEC); tcpserver = ucspi-tcp, plain TCP; "
+            f"{versions['openssl']}",
+            "cells: median (min-max) over runs; ! = some session failed; "
+            "client CPU = the load client's busiest median, share of one core",
+            *(
+                [
+                    "note: other load ran: the kernel shares CPU per thread, and stunnel runs "
+                    "a thread per connection where ours is one process; CPU µs/session and "
+                    "µs/MiB are the steadier comparison"
+                ]
+                if max(before[0], after[0]) > 1.0
+                else []
+            ),
+        ]
+    )

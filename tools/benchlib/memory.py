@@ -1,0 +1,79 @@
+"""Server-side memory (PSS) and CPU time, read from /proc.
+
+The server side of a server under test is its own process plus every
+descendant still running the same executable: socat's per-connection forks
+count, the progs that any server spawned (``cat`` and the like) do not.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields from the 3rd on
+
+
+def _parents() -> dict[int, int]:
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                parents[int(name)] = int(_stat_fields(int(name))[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return parents
+
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
+def server_pids(root: int) -> list[int]:
+    """root and its descendants that run root's executable."""
+    parents = _parents()
+    exe = _exe(root)
+    found, frontier = [root], [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent:
+                frontier.append(pid)
+                if _exe(pid) == exe:
+                    found.append(pid)
+    return found
+
+
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process, in KiB (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def server_pss_kib(root: int) -> tuple[int, int]:
+    """Total PSS of the server side of root, and how many processes that is."""
+    pids = server_pids(root)
+    return sum(pss_kib(p) for p in pids), len(pids)
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system time of one process (all its threads), and of its reaped children."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return 0.0, 0.0
+    own = (int(fields[11]) + int(fields[12])) / _TICK
+    children = (int(fields[13]) + int(fields[14])) / _TICK
+    return own, children

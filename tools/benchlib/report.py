@@ -1,0 +1,223 @@
+"""The printed table, the target ratios, and the JSON summary."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchlib.servers import Kind
+from benchlib.workloads import Plan, Results
+
+Cell = dict[str, float]
+
+
+def spread(values: Sequence[float]) -> Cell:
+    """Median, min and max of one measurement over the runs."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(results: Results) -> dict[str, dict[str, dict[str, Cell]]]:
+    """Median, min and max of every numeric field, by measurement and server."""
+    out: dict[str, dict[str, dict[str, Cell]]] = {}
+    for key, by_server in results.samples.items():
+        for server, samples in by_server.items():
+            fields = {f for s in samples for f, v in s.items() if isinstance(v, int | float)}
+            out.setdefault(key, {})[server] = {
+                f: spread([float(s[f]) for s in samples if f in s]) for f in sorted(fields)
+            }
+    return out
+
+
+def _num(value: float) -> str:
+    """Three significant digits or so: enough for numbers that move by percents."""
+    if value >= 100:
+        return f"{value:.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: a field of one measurement, for every server."""
+
+    label: str
+    key: str
+    field: str
+    client_cpu: bool = False  # show the client's CPU share for this measurement
+
+
+def _rows(plan: Plan) -> list[Row]:
+    rows: list[Row] = []
+    for kind in ("full", "resumed"):
+        for c in plan.concurrencies:
+            key = f"{kind} c={c}"
+            rows += [
+                Row(f"{kind} c={c}: sessions/s", key, "rate", client_cpu=True),
+                Row(f"{kind} c={c}: p50 ms", key, "p50_ms"),
+                Row(f"{kind} c={c}: p99 ms", key, "p99_ms"),
+            ]
+        if kind == "full":
+            # Where the CPU of a session goes, at the concurrency of the main target.
+            c = 16 if 16 in plan.concurrencies else plan.concurrencies[-1]
+            for who in ("server", "prog", "client"):
+                rows.append(Row(f"{who} CPU µs/session c={c}", f"full c={c}", f"{who}_cpu_us"))
+    mib = {"down": plan.down, "up": plan.up, "echo": plan.echo}
+    for workload in ("down", "up", "echo"):
+        rows.append(Row(f"{workload} MB/s ({mib[workload] >> 20} MiB)", workload, "mbps", True))
+    for workload in ("down", "up", "echo"):
+        rows.append(Row(f"{workload}: server CPU µs/MiB", workload, "server_cpu_us_per_mib"))
+    rows.append(Row(f"KiB per idle session (N={plan.idle})", "idle", "kib_per_session"))
+    return rows
+
+
+def _cell(results: Results, row: Row, server: str) -> str:
+    every = results.samples.get(row.key, {}).get(server, [])
+    failed = " !" if any(s.get("errors") for s in every) else ""
+    samples = [s for s in every if row.field in s]
+    if not samples:
+        return "-" + failed
+    c = spread([float(s[row.field]) for s in samples])
+    text = _num(c["median"])
+    if len(samples) > 1:
+        text += f" ({_num(c['min'])}-{_num(c['max'])})"
+    return text + failed
+
+
+def _first(results: Results, server: str, field: str) -> str:
+    for key in results.samples:
+        for sample in results.samples[key].get(server, []):
+            if sample.get(field):
+                return str(sample[field])
+    return "-"
+
+
+def _resumption(results: Results, server: str, plan: Plan) -> str:
+    samples = [
+        s
+        for c in plan.concurrencies
+        for s in results.samples.get(f"resumed c={c}", {}).get(server, [])
+        if "resumed" in s
+    ]
+    if not samples:
+        return "-"
+    kinds = sorted({s["resume_kind"] for s in samples if s.get("resume_kind")})
+    share = statistics.median(float(s["resumed"]) for s in samples)
+    return f"{'/'.join(kinds) or 'none'} {share:.0%}"
+
+
+def _align(rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    )
+
+
+def table(results: Results, kinds: Sequence[Kind], plan: Plan) -> str:
+    """The main table: one column per server, one row per measured figure."""
+    servers = [k for k in kinds if any(k.name in by for by in results.samples.values())]
+    header = ["", *(k.label for k in servers), "client CPU"]
+    body: list[list[str]] = [
+        ["protocol", *(_first(results, k.name, "protocol") for k in servers), ""],
+        ["cipher", *(_first(results, k.name, "cipher") for k in servers), ""],
+        [
+            "resumption (share resumed)",
+            *(_resumption(results, k.name, plan) if k.tls else "-" for k in servers),
+            "",
+        ],
+    ]
+    for row in _rows(plan):
+        cells = [_cell(results, row, k.name) for k in servers]
+        cpu = ""
+        if row.client_cpu:
+            shares = [
+                statistics.median(per_run)
+                for samples in results.samples.get(row.key, {}).values()
+                if (per_run := [float(s["client_cpu"]) for s in samples if "client_cpu" in s])
+            ]
+            cpu = f"{max(shares):.0%}" if shares else ""
+        body.append([row.label, *cells, cpu])
+    return _align([header, *body])
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance goal: a ratio of two medians, and the bound it must meet."""
+
+    label: str
+    key: str
+    field: str
+    at_least: bool
+    bound: float
+    numerator: str = "ours"
+    denominator: str = "stunnel"
+
+
+# The project's performance goals on a 2-core machine (ours / stunnel unless named).
+TARGETS = (
+    Target("full-handshake sessions/s, c=16", "full c=16", "rate", True, 2.0),
+    Target("resumed sessions/s, c=16", "resumed c=16", "rate", True, 1.5),
+    Target("one session MB/s down", "down", "mbps", True, 1.2),
+    Target("one session MB/s up", "up", "mbps", True, 1.0),
+    Target("one session MB/s echo", "echo", "mbps", True, 1.4),
+    Target("p99 latency, c=64", "full c=64", "p99_ms", False, 0.5),
+    Target("memory per idle session", "idle", "kib_per_session", False, 0.6),
+    Target("Nagle on (-d) vs -D, sessions/s c=1", "full c=1", "rate", True, 0.9, "ours", "ours-D"),
+)
+
+
+def _median(results: Results, key: str, server: str, field: str) -> float | None:
+    values = [float(s[field]) for s in results.samples.get(key, {}).get(server, []) if field in s]
+    return statistics.median(values) if values else None
+
+
+def verdicts(results: Results) -> list[dict[str, Any]]:
+    """Each target's measured ratio of medians, and whether it is met (by how much not)."""
+    out: list[dict[str, Any]] = []
+    for t in TARGETS:
+        num = _median(results, t.key, t.numerator, t.field)
+        den = _median(results, t.key, t.denominator, t.field)
+        entry: dict[str, Any] = {
+            "target": t.label,
+            "ratio": f"{t.numerator}/{t.denominator}",
+            "bound": f"{'≥' if t.at_least else '≤'} {t.bound:.2f}x",
+            "measured": None,
+            "verdict": "not measured",
+        }
+        if num is not None and den:
+            ratio = num / den
+            met = ratio >= t.bound if t.at_least else ratio <= t.bound
+            entry["measured"] = ratio
+            if met:
+                entry["verdict"] = "met"
+            elif t.at_least:
+                entry["verdict"] = f"MISSED by {1 - ratio / t.bound:.0%}"
+            else:
+                entry["verdict"] = f"MISSED by {ratio / t.bound - 1:.0%}"
+        out.append(entry)
+    out.append(
+        {
+            "target": "N=2 workers: sessions/s above one worker's",
+            "ratio": "ours(2)/ours(1)",
+            "bound": "> 1.00x",
+            "measured": None,
+            "verdict": "not available (s6-tlsserver has no worker option yet)",
+        }
+    )
+    return out
+
+
+def targets_text(entries: Sequence[dict[str, Any]]) -> str:
+    """The targets as a second table, beside the main one."""
+    rows = [["target", "ratio", "goal", "measured", ""]]
+    for e in entries:
+        measured = "-" if e["measured"] is None else f"{e['measured']:.2f}x"
+        rows.append([e["target"], e["ratio"], e["bound"], measured, e["verdict"]])
+    return _align(rows)

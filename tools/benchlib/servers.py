@@ -1,0 +1,196 @@
+"""The servers under test: how each one is started on loopback with a given prog.
+
+All of them listen on 127.0.0.1, present the same key pair and run the same
+prog per connection; only their own defaults differ, and where a peer's
+default would measure the kernel rather than the server (socat's listen
+backlog of 5, tcpserver's 20 and its 40 sessions), the bench raises it for
+everyone alike.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchlib.certs import KeyPair
+from benchlib.procs import Processes
+
+BACKLOG = 4096
+OURS = str(Path(sys.executable).parent / "s6-tlsserver")
+
+
+class ServerError(Exception):
+    """A server under test did not start."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every server of one bench run shares."""
+
+    pair: KeyPair
+    workdir: Path
+    maxconn: int  # sessions a server must hold at once (the idle workload's N, and more)
+    ours: str = OURS  # the s6-tlsserver command under test
+
+
+@dataclass
+class Running:
+    """A server under test, listening."""
+
+    name: str
+    proc: subprocess.Popen[Any]
+    port: int
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+Launch = tuple[list[str], dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One server under test: its name on the command line and in the table."""
+
+    name: str
+    label: str
+    tls: bool
+    command: Callable[[Setup, int, Sequence[str], Path], Launch]
+    note: str = ""
+
+
+def _base_env() -> dict[str, str]:
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+
+
+def _ours(nodelay: bool) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
+    def command(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Launch:
+        limits = ["-c", str(setup.maxconn), "-C", str(setup.maxconn)]
+        argv = [setup.ours, "-H", *limits, *(["-D"] if nodelay else [])]
+        env = {**_base_env(), "KEYFILE": str(setup.pair.key), "CERTFILE": str(setup.pair.cert)}
+        return [*argv, "127.0.0.1", str(port), *prog], env
+
+    return command
+
+
+def _stunnel(setup: Setup, port: int, prog: Sequence[str], conf: Path) -> Launch:
+    # Exec mode; execArgs cannot quote, so every prog is a path and plain words.
+    # debug = err: no log line per connection, as the other servers by default
+    # (stunnel's default, notice, writes two per connection: ~30% fewer sessions/s).
+    conf.write_text(
+        "foreground = yes\n"
+        "pid =\n"
+        "debug = err\n"
+        "[bench]\n"
+        f"accept = 127.0.0.1:{port}\n"
+        f"cert = {setup.pair.cert}\n"
+        f"key = {setup.pair.key}\n"
+        f"exec = {prog[0]}\n"
+        f"execArgs = {' '.join([Path(prog[0]).name, *prog[1:]])}\n"
+    )
+    return ["stunnel4", str(conf)], _base_env()
+
+
+def _socat(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Launch:
+    listen = (
+        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,fork,reuseaddr,backlog={BACKLOG},"
+        f"cert={setup.pair.cert},key={setup.pair.key},verify=0"
+    )
+    return ["socat", listen, "EXEC:" + " ".join(prog)], _base_env()
+
+
+def _tcpserver(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Launch:
+    options = ["-c", str(setup.maxconn), "-b", str(BACKLOG), "-H", "-R", "-l", "0"]
+    return ["tcpserver", *options, "127.0.0.1", str(port), *prog], _base_env()
+
+
+KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in (
+        Kind("ours", "ours", True, _ours(False), "s6-tlsserver, default flags (-d)"),
+        Kind("ours-D", "ours -D", True, _ours(True), "s6-tlsserver -D"),
+        Kind("stunnel", "stunnel", True, _stunnel, "stunnel4, exec mode, debug = err"),
+        Kind("socat", "socat", True, _socat, "socat OPENSSL-LISTEN,fork EXEC"),
+        Kind("tcpserver", "tcpserver", False, _tcpserver, "ucspi-tcp, no TLS (ceiling)"),
+    )
+}
+
+
+def free_port() -> int:
+    """A loopback port nothing uses right now (a server may still lose it in a race)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def listening(port: int, pid: int) -> bool:
+    """Whether process pid listens on 127.0.0.1:port (read from /proc: no probe
+    connection, which would start a prog)."""
+    want = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as f:
+        next(f)
+        inodes = {fields[9] for fields in map(str.split, f) if fields[1:4:2] == [want, "0A"]}
+    if not inodes:
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link[8:-1] in inodes:
+            return True
+    return False
+
+
+def _launch(kind: Kind, setup: Setup, prog: Sequence[str], procs: Processes, tag: str) -> Running:
+    port = free_port()
+    log = setup.workdir / f"{kind.name}-{tag}.log"
+    argv, env = kind.command(setup, port, prog, setup.workdir / f"{kind.name}-{tag}.conf")
+    with open(log, "ab") as err:
+        proc = procs.start(argv, env=env, stderr=err)
+    return Running(kind.name, proc, port, log)
+
+
+def start_all(
+    wanted: Sequence[tuple[Kind, Sequence[str], str]], setup: Setup, procs: Processes
+) -> list[Running]:
+    """Start (kind, prog, tag) servers side by side, each on a free loopback port;
+    return once all of them listen."""
+    running = [_launch(kind, setup, prog, procs, tag) for kind, prog, tag in wanted]
+    for i, (kind, prog, tag) in enumerate(wanted):
+        for _attempt in range(3):
+            server = running[i]
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and server.proc.poll() is None:
+                if listening(server.port, server.pid):
+                    break
+                time.sleep(0.02)
+            if listening(server.port, server.pid):
+                break
+            procs.stop(server.proc)
+            text = server.log.read_text(errors="replace")
+            if "in use" not in text:  # not a lost race for the port: retrying will not help
+                raise ServerError(f"{kind.label} did not start listening:\n{text[-600:]}")
+            running[i] = _launch(kind, setup, prog, procs, tag)
+        else:
+            raise ServerError(f"{kind.label} found no free port")
+    return running
+
+
+def start(kind: Kind, setup: Setup, prog: Sequence[str], procs: Processes, tag: str) -> Running:
+    """Start kind with prog on a free loopback port; return once it listens."""
+    return start_all([(kind, prog, tag)], setup, procs)[0]
