@@ -15,15 +15,18 @@ from gevent import socket as gsocket
 
 from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
-from s6tls.options import SHORT_USAGE, Options, parse
+from s6tls.options import SHORT_USAGE, Options, parse, unsigned
 from s6tls.rules import CdbRules, DirRules
 from s6tls.shell.names import Resolver
-from s6tls.shell.privsep import parse_ids, split
-from s6tls.shell.server import Server
+from s6tls.shell.privsep import drop_privileges, parse_ids, use_helper
+from s6tls.shell.server import InProcess, Runner, Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
 from s6tls.shell.tls import ContextCache
+from s6tls.shell.workers import WorkerPool
 from s6tls.tlsconfig import settings_from
+
+MAX_WORKERS = 64
 
 # systemd socket activation: the first passed socket is fd 3.
 SD_LISTEN_FDS_START = 3
@@ -133,15 +136,11 @@ def main() -> None:
         return
     try:
         check_environment(opts, env)
+        workers = worker_count(env)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
-        if separates_privileges(env):
-            uid, gid = parse_ids(env)
-            helper = split(opts, env, service.rules, uid, gid, [listener.fileno()])
-            service.launcher = helper
-            service.contexts.files = helper
-            if service.rules is not None:
-                service.rules = helper
+        ids = parse_ids(env) if separates_privileges(env) else None
+        runner = start_runner(service, listener, workers, ids)
     except S6tlsError as e:
         fail(e)
         return
@@ -150,5 +149,34 @@ def main() -> None:
     service.log.info(f"status: 0/{opts.maxconn}")
     if opts.notify:
         notify_ready(port)
-    code = Server(service, listener).serve()
+    code = Server(service, listener, runner).serve()
     os._exit(code)
+
+
+def worker_count(env: dict[str, str]) -> int:
+    """S6TLS_WORKERS: how many processes run sessions (default 1: this one)."""
+    text = env.pop("S6TLS_WORKERS", "1")
+    count = unsigned(text, "S6TLS_WORKERS")
+    if not 1 <= count <= MAX_WORKERS:
+        raise UsageError(f"S6TLS_WORKERS must be between 1 and {MAX_WORKERS}")
+    return count
+
+
+def start_runner(
+    service: Service, listener: socket.socket, workers: int, ids: tuple[int, int] | None
+) -> Runner:
+    """Where sessions run; with TLS_UID, each process that talks TLS gets its
+    root helper, and nothing that faces the network keeps root."""
+    if workers == 1:
+        if ids:
+            use_helper(service, *ids, not_for_helper=[listener.fileno()])
+        return InProcess(service)
+
+    def in_worker() -> None:
+        if ids:
+            use_helper(service, *ids, not_for_helper=[])
+
+    pool = WorkerPool(service, workers, listener, in_worker)
+    if ids:
+        drop_privileges(*ids)
+    return pool

@@ -57,6 +57,7 @@ from s6tls.launch import prog_command
 from s6tls.options import Options, unsigned
 from s6tls.rules import Rule, RuleSource, compile_dir, decode, read_cdb
 from s6tls.rules.errors import RulesError
+from s6tls.shell.service import Service
 from s6tls.shell.spawn import SpawnFailed, spawn_on, start_on_pipes
 from s6tls.shell.tls import FileIdentity, LocalFiles
 from s6tls.sslvars import TlsInfo
@@ -437,7 +438,21 @@ def split(
             sys.stderr.flush()
             os._exit(111)
     theirs.close()
+    drop_privileges(uid, gid)
+    return HelperClient(ours)
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    """Become uid:gid with no supplementary groups, with no way back to root."""
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    return HelperClient(ours)
+
+
+def use_helper(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -> None:
+    """Split this process: root stays in a helper, the service uses it from uid:gid."""
+    helper = split(service.options, service.base_env, service.rules, uid, gid, not_for_helper)
+    service.launcher = helper
+    service.contexts.files = helper
+    if service.rules is not None:
+        service.rules = helper

@@ -2,9 +2,11 @@
 
 This is upstream's s6-tcpserverd. At ``-c`` sessions it stops accepting, so
 extra clients wait in the kernel's backlog; past ``-C`` sessions from one IP
-it accepts and closes at once. Sessions run in this process; on SIGTERM the
-listener closes and the supervised process exits at once, while a forked
-copy that only drains the running sessions lets them finish.
+it accepts and closes at once. The sessions themselves run in this process
+(``InProcess``) or in worker processes (``s6tls.shell.workers``); either
+way this process alone counts them, so the limits are exact, and logs them.
+On SIGTERM the listener closes and the supervised process exits at once,
+while the running sessions finish elsewhere.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import errno
 import os
 import signal
 import socket
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Protocol
 
 import gevent
 from gevent.event import Event
@@ -30,20 +35,72 @@ BACKOFF_SECONDS = 0.1
 
 _SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT, signal.SIGINT)
 
+Started = Callable[[int], None]  # prog's pid
+Ended = Callable[[int | None], None]  # prog's wait status, None if it never ran
+
+
+class Runner(Protocol):
+    """Where sessions run."""
+
+    def start(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
+        """Run the session; call started(pid) when prog runs, ended(status) at the end."""
+
+    def signal_progs(self, signums: Sequence[int]) -> None: ...
+
+    def finish(self) -> None:
+        """The server quits: let running sessions finish without this process."""
+
+
+class InProcess:
+    """Sessions as greenlets of this process; a forked copy drains them on quit."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.greenlets = Group()
+        self.running: set[Session] = set()
+
+    def start(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
+        self.running.add(session)
+        self.greenlets.spawn(self._serve, sock, session, started, ended)
+
+    def _serve(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
+        def prog_started() -> None:
+            assert session.child is not None
+            started(session.child.pid)
+
+        status = None
+        try:
+            status = run(self.service, sock, session, prog_started)
+        finally:
+            self.running.discard(session)
+            ended(status)
+
+    def signal_progs(self, signums: Sequence[int]) -> None:
+        for session in list(self.running):
+            if session.child is not None:
+                for signum in signums:
+                    session.child.signal(signum)
+
+    def finish(self) -> None:
+        if self.running and fork_gevent() == 0:
+            # The drainer: finish the running sessions silently, then exit.
+            self.service.log.verbosity = 0
+            self.greenlets.join()
+            os._exit(0)
+
 
 class Server:
-    """Accepts connections on one listening socket and runs their sessions."""
+    """Accepts connections on one listening socket and hands them to a runner."""
 
-    def __init__(self, service: Service, listener: socket.socket) -> None:
+    def __init__(self, service: Service, listener: socket.socket, runner: Runner) -> None:
         self.service = service
         self.listener = listener
+        self.runner = runner
         self.slots = Semaphore(service.options.maxconn)
         self.per_ip: dict[str, int] = {}
-        self.sessions: set[Session] = set()
-        self.greenlets = Group()
+        self.total = 0
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
-        self.draining = False
 
     # -- accepting
 
@@ -70,62 +127,43 @@ class Server:
                 self.slots.release()
                 continue
             self.per_ip[ip] = count + 1
+            self.total += 1
             session = Session(ip, port, connnum=count)
-            self.sessions.add(session)
-            self.greenlets.spawn(self._serve, sock, session)
-
-    def _serve(self, sock: socket.socket, session: Session) -> None:
-        opts = self.service.options
-        log = self.service.log
-
-        def started() -> None:
-            if not log.verbose:
-                return
-            assert session.child is not None
-            count = self.per_ip[session.remote_ip]
-            log.info(
-                logline.accept(
-                    session.remote_ip,
-                    session.remote_port,
-                    session.child.pid,
-                    count,
-                    opts.localmaxconn,
-                )
+            self.runner.start(
+                sock, session, partial(self._started, session), partial(self._ended, session)
             )
-            log.info(logline.status(len(self.sessions), opts.maxconn))
 
-        try:
-            status = run(self.service, sock, session, started)
-        finally:
-            self._release(session)
-        if status is not None and log.verbose and not self.draining:
-            pid = session.child.pid if session.child else 0
-            count = self.per_ip.get(session.remote_ip, 0)
-            log.info(logline.end(pid, status, count, opts.localmaxconn))
-            log.info(logline.status(len(self.sessions), opts.maxconn))
+    def _started(self, session: Session, pid: int) -> None:
+        session.pid = pid
+        log = self.service.log
+        if log.verbose:
+            opts = self.service.options
+            count = self.per_ip[session.remote_ip]
+            ip, port = session.remote_ip, session.remote_port
+            log.info(logline.accept(ip, port, pid, count, opts.localmaxconn))
+            log.info(logline.status(self.total, opts.maxconn))
 
-    def _release(self, session: Session) -> None:
-        self.sessions.discard(session)
+    def _ended(self, session: Session, status: int | None) -> None:
         left = self.per_ip[session.remote_ip] - 1
         if left:
             self.per_ip[session.remote_ip] = left
         else:
             del self.per_ip[session.remote_ip]
+        self.total -= 1
         self.slots.release()
+        log = self.service.log
+        if status is not None and log.verbose:
+            opts = self.service.options
+            log.info(logline.end(session.pid, status, left, opts.localmaxconn))
+            log.info(logline.status(self.total, opts.maxconn))
 
     # -- signals
-
-    def signal_progs(self, *signums: int) -> None:
-        for session in list(self.sessions):
-            if session.child is not None:
-                for signum in signums:
-                    session.child.signal(signum)
 
     def _on_signal(self, signum: int) -> None:
         log = self.service.log
         if signum == signal.SIGHUP:
             log.info("received SIGHUP, sending SIGTERM and SIGCONT to all connections")
-            self.signal_progs(signal.SIGTERM, signal.SIGCONT)
+            self.runner.signal_progs((signal.SIGTERM, signal.SIGCONT))
             return
         if signum == signal.SIGTERM:
             log.info("received SIGTERM, quitting")
@@ -133,10 +171,10 @@ class Server:
             log.info(
                 "received SIGQUIT, sending SIGTERM and SIGCONT to all connections and quitting"
             )
-            self.signal_progs(signal.SIGTERM, signal.SIGCONT)
+            self.runner.signal_progs((signal.SIGTERM, signal.SIGCONT))
         elif signum == signal.SIGABRT:
             log.info("received SIGABRT, sending SIGKILL to all connections and quitting")
-            self.signal_progs(signal.SIGKILL)
+            self.runner.signal_progs((signal.SIGKILL,))
         self.quit_signal = signum
         self.quit.set()
 
@@ -150,19 +188,11 @@ class Server:
         self.quit.wait()
         acceptor.kill()
         self.listener.close()
-        if self.sessions and fork_gevent() == 0:
-            self._drain()
+        self.runner.finish()
         if self.quit_signal == signal.SIGINT:
             # Upstream does not trap SIGINT: it dies of it, silently, and its
-            # sessions (separate processes) live on; so do ours, in the drainer.
+            # sessions (separate processes) live on; so do ours.
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGINT)
         self.service.log.info("exiting")
         return 0
-
-    def _drain(self) -> None:
-        """In the forked copy: finish the running sessions silently, then exit."""
-        self.draining = True
-        self.service.log.verbosity = 0
-        self.greenlets.join()
-        os._exit(0)

@@ -33,7 +33,8 @@ class Session:
     remote_ip: str
     remote_port: int
     connnum: int
-    child: Child | None = None
+    child: Child | None = None  # when prog runs in this process
+    pid: int = 0  # prog's, once it runs
 
 
 def canonical_ip(ip: str) -> str:
