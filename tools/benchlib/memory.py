@@ -68,6 +68,15 @@ def server_pss_kib(root: int) -> tuple[int, int]:
     return sum(pss_kib(p) for p in pids), len(pids)
 
 
+def server_cpu_seconds(root: int) -> tuple[float, float]:
+    """cpu_seconds summed over the server side of root (its worker processes too)."""
+    own = children = 0.0
+    for pid in server_pids(root):
+        a, b = cpu_seconds(pid)
+        own, children = own + a, children + b
+    return own, children
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """User + system time of one process (all its threads), and of its reaped children."""
     try:

@@ -72,11 +72,13 @@ def _base_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
-def _ours(nodelay: bool) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
+def _ours(nodelay: bool, workers: int = 1) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
     def command(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Launch:
         limits = ["-c", str(setup.maxconn), "-C", str(setup.maxconn)]
         argv = [setup.ours, "-H", *limits, *(["-D"] if nodelay else [])]
         env = {**_base_env(), "KEYFILE": str(setup.pair.key), "CERTFILE": str(setup.pair.cert)}
+        if workers > 1:
+            env["S6TLS_WORKERS"] = str(workers)
         return [*argv, "127.0.0.1", str(port), *prog], env
 
     return command
@@ -118,6 +120,7 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("ours", "ours", True, _ours(False), "s6-tlsserver, default flags (-d)"),
         Kind("ours-D", "ours -D", True, _ours(True), "s6-tlsserver -D"),
+        Kind("ours-2", "ours N=2", True, _ours(False, 2), "s6-tlsserver, S6TLS_WORKERS=2"),
         Kind("stunnel", "stunnel", True, _stunnel, "stunnel4, exec mode, debug = err"),
         Kind("socat", "socat", True, _socat, "socat OPENSSL-LISTEN,fork EXEC"),
         Kind("tcpserver", "tcpserver", False, _tcpserver, "ucspi-tcp, no TLS (ceiling)"),
