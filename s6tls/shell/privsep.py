@@ -318,6 +318,7 @@ class HelperChild:
 
     def wait(self) -> int | None:
         status = self.client.exit_of(self.pid).get()
+        self.client.forget(self.pid)
         return status if isinstance(status, int) else None
 
 
@@ -344,6 +345,10 @@ class HelperClient:
 
     def exit_of(self, pid: int) -> AsyncResult:
         return self._exits.setdefault(pid, AsyncResult())
+
+    def forget(self, pid: int) -> None:
+        """prog pid was waited for: drop its record (pids are reused)."""
+        self._exits.pop(pid, None)
 
     def call(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
         self._next += 1
@@ -432,6 +437,11 @@ def split(
         ours.close()
         for fd in not_for_helper:
             os.close(fd)
+        # The helper must not hold stdout open: -1's reader waits for its EOF.
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        os.close(null)
         try:
             Helper(theirs, opts, base_env, rules).serve()
         finally:

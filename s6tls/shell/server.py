@@ -107,6 +107,7 @@ class Server:
     def accept_loop(self) -> None:
         opts = self.service.options
         log = self.service.log
+        starved = False
         while True:
             self.slots.acquire()
             try:
@@ -114,11 +115,14 @@ class Server:
             except OSError as e:
                 self.slots.release()
                 if e.errno in _BACKOFF_ERRNOS:
-                    log.warning(f"unable to accept: {e.strerror}; retrying")
+                    if not starved:  # once per episode: accept() fails until fds free up
+                        log.warning(f"unable to accept: {e.strerror}; retrying")
+                    starved = True
                     gevent.sleep(BACKOFF_SECONDS)
                 elif self.listener.fileno() < 0:
                     return
                 continue
+            starved = False
             ip, port = canonical_ip(address[0]), address[1]
             count = self.per_ip.get(ip, 0)
             if count >= opts.localmaxconn:

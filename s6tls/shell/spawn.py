@@ -100,7 +100,12 @@ def grow_pipe(fd: int) -> None:
 def _pipes() -> tuple[tuple[int, int], tuple[int, int]]:
     """prog's stdin and stdout pipes, close-on-exec, non-blocking on our side."""
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+    except OSError:
+        os.close(in_r)
+        os.close(in_w)
+        raise
     os.set_blocking(in_w, False)
     os.set_blocking(out_r, False)
     return (in_r, in_w), (out_r, out_w)

@@ -7,6 +7,7 @@ close_notify only when asked, and hand TLS the bytes read past a PROXY header.
 
 from __future__ import annotations
 
+import errno
 import os
 import ssl
 from collections.abc import Callable, Iterator, Mapping
@@ -41,7 +42,18 @@ _VERIFY = {
 
 
 class TlsConfigError(SystemFailure):
-    """A key, certificate or trust anchor file cannot be used."""
+    """A key, certificate or trust anchor file cannot be used.
+
+    ``transient`` is true when the system, not the file, was the problem (out
+    of descriptors or memory): the same file may load at the next try.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR}
 
 
 class HandshakeFailed(Exception):
@@ -107,7 +119,8 @@ def _read(files: Files, path: str, what: str) -> bytes:
     try:
         return files.read(path)
     except OSError as e:
-        raise TlsConfigError(f"unable to read {what} {path}: {e.strerror}") from None
+        message = f"unable to read {what} {path}: {e.strerror}"
+        raise TlsConfigError(message, transient=e.errno in _TRANSIENT) from None
 
 
 def _pem(der: bytes, label: str) -> bytes:
@@ -256,6 +269,8 @@ class ContextCache:
         except TlsConfigError as e:
             if entry is None:
                 raise
+            if e.transient:
+                return entry[1]  # try again with the next connection
             self._failed[settings] = ids
             self._warn(f"{e}; still serving the previous one")
             return entry[1]

@@ -1,0 +1,1 @@
+"""Reliability tests: soak, faults under load, fuzzing, the TLS surface, fd exhaustion."""
