@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.reliability import observe
-from tests.reliability.traffic import Tally, run_sessions
 from tests.support.certs import Authority
 from tests.support.server import Running, start
+from tests.support.traffic import Tally, run_sessions
 
 CONCURRENCY = 64
 WARMUP = 1000

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.reliability import observe
-from tests.reliability.traffic import MIB, Exchange, Load, exchange, payload
 from tests.support import client, probes
 from tests.support.server import Running, wait_for
+from tests.support.traffic import MIB, Exchange, Load, exchange, payload
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,9 +17,9 @@ import pytest
 
 from tests.reliability import observe
 from tests.reliability.soak import SERVER_ARGS
-from tests.reliability.traffic import KIB, run_sessions
 from tests.support import probes
 from tests.support.server import S6_TLSSERVER, Running
+from tests.support.traffic import KIB, run_sessions
 
 pytestmark = [
     pytest.mark.timeout(300),
