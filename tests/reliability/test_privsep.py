@@ -43,11 +43,11 @@ def test_memory_does_not_grow_with_sessions(server, pki):
     srv = server(*SERVER_ARGS, env={**pki.env(), "TLS_UID": NOBODY, "TLS_GID": NOBODY})
     idle = observe.idle(srv.pid)
     (helper,) = probes.children(srv.pid)
-    helper_idle = observe.snapshot(helper)
     assert idle.children == 1  # the helper; progs will be its children
     # Warm up until the allocator has settled, then see what more sessions add.
     assert not run_sessions(srv.port, WARMUP, 64, 1, size=small).failures
     warm = observe.settle(srv.pid, idle)
+    helper_idle = observe.snapshot(helper)  # surely serving by now
     tally = run_sessions(srv.port, MEASURED, 64, 2, size=small)
     assert not tally.failures, tally.failures[:5]
     end = observe.settle(srv.pid, idle)
