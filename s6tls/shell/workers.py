@@ -134,6 +134,10 @@ class WorkerPool:
         self.workers = []
 
 
+def _unreported(pid: int) -> None:
+    pass
+
+
 def _work(service: Service, channel: socket.socket) -> NoReturn:
     """A worker: run the sessions the accepting process hands over."""
     runner = InProcess(service)
@@ -161,7 +165,8 @@ def _work(service: Service, channel: socket.socket) -> NoReturn:
         runner.start(
             gsocket.socket(fileno=fds[0]),
             session,
-            partial(report, ident, "pid"),
+            # prog's pid is only for the accept and end lines, shown at -v
+            partial(report, ident, "pid") if service.log.verbose else _unreported,
             partial(report, ident, "status"),
         )
     runner.greenlets.join()
