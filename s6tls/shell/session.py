@@ -1,7 +1,7 @@
 """One connection, from accept to prog's end, through upstream's stages.
 
-proxy (-L) → access (banner, names, rules) → tls (context, handshake) →
-environ → spawn → relay → reap. Each stage is a call into the module named
+access (banner, names, rules) → proxy (-L) → tls (context, handshake) →
+launch (argv, identity, environment) → spawn → relay → reap. Each stage is a call into the module named
 after its job; this module only strings them together and logs the outcome.
 """
 
