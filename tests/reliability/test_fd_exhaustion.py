@@ -83,16 +83,6 @@ def fill_but_one(srv: Running) -> list[socket.socket]:
     return held
 
 
-def echo(s: ssl.SSLSocket, data: bytes = b"ping\n") -> bytes:
-    s.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = s.recv(65536)
-        assert chunk, "connection ended before the echo"
-        got += chunk
-    return got
-
-
 def test_accept_backs_off_and_recovers(limited):
     srv = limited()
     idle = observe.idle(srv.pid)
@@ -111,7 +101,7 @@ def test_accept_backs_off_and_recovers(limited):
 
     def late_client() -> None:
         with client.connect(srv.port, timeout=30) as s:
-            served.append(echo(s))
+            served.append(client.echo(s))
 
     late = threading.Thread(target=late_client)
     late.start()
@@ -151,7 +141,7 @@ def test_sessions_beyond_the_limit_are_refused_without_leaks(limited):
             raw = probes.raw_connect(srv.port, timeout=3)
             try:
                 s = client.context().wrap_socket(raw, suppress_ragged_eofs=False)
-                assert echo(s) == b"ping\n"
+                assert client.echo(s) == b"ping\n"
             except (OSError, ssl.SSLError, AssertionError) as e:
                 refused = e
                 raw.close()
@@ -165,7 +155,7 @@ def test_sessions_beyond_the_limit_are_refused_without_leaks(limited):
         assert back, (extra, end.describe())
     assert srv.proc.poll() is None
     with client.connect(srv.port) as s:
-        assert echo(s) == b"ping\n"
+        assert client.echo(s) == b"ping\n"
     assert "Traceback" not in srv.log()
 
 

@@ -67,6 +67,17 @@ def read_all(sock: ssl.SSLSocket) -> tuple[bytes, str]:
         chunks.append(data)
 
 
+def echo(s: ssl.SSLSocket, data: bytes = b"ping\n") -> bytes:
+    """Send data and read back as many bytes (an echoing prog such as cat)."""
+    s.sendall(data)
+    got = b""
+    while len(got) < len(data):
+        chunk = s.recv(65536)
+        assert chunk, "connection ended before the echo"
+        got += chunk
+    return got
+
+
 def half_close(sock: ssl.SSLSocket) -> None:
     """Send a bare TCP FIN (no close_notify) and keep reading.
 

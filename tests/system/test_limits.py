@@ -19,16 +19,6 @@ from tests.support.server import wait_for
 CAT = "/bin/cat"
 
 
-def echo(s: ssl.SSLSocket, data: bytes = b"ping\n") -> bytes:
-    s.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = s.recv(65536)
-        assert chunk, "connection ended before the echo"
-        got += chunk
-    return got
-
-
 def waiting_client(port: int) -> ssl.SSLSocket:
     """A TLS client whose TCP connect completed but whose handshake gets no answer."""
     raw = probes.raw_connect(port)  # the kernel's backlog completes the connect
@@ -44,7 +34,7 @@ def test_global_limit_keeps_the_extra_client_waiting(server):
     srv = server("-v", "-H", "-c", "2", "127.0.0.1", "0", CAT)
     one = client.connect(srv.port)
     two = client.connect(srv.port)
-    assert echo(one) == echo(two) == b"ping\n"
+    assert client.echo(one) == client.echo(two) == b"ping\n"
     assert srv.wait_log("status: 2/2")
 
     third = waiting_client(srv.port)
@@ -53,7 +43,7 @@ def test_global_limit_keeps_the_extra_client_waiting(server):
 
     one.close()
     third.do_handshake()  # served once a slot frees up
-    assert echo(third, b"third\n") == b"third\n"
+    assert client.echo(third, b"third\n") == b"third\n"
     port3 = third.getsockname()[1]
     assert srv.wait_log(f"accept 127.0.0.1_{port3} pid ")
     line = next(x for x in srv.lines() if f" accept 127.0.0.1_{port3} " in x)
@@ -66,11 +56,11 @@ def test_zero_global_limit_counts_as_one(server):
     srv = server("-v", "-H", "-c", "0", "127.0.0.1", "0", CAT)
     assert srv.lines()[1] == "s6-tlsserver: info: status: 0/1"
     one = client.connect(srv.port)
-    assert echo(one) == b"ping\n"
+    assert client.echo(one) == b"ping\n"
     second = waiting_client(srv.port)
     one.close()
     second.do_handshake()
-    assert echo(second) == b"ping\n"
+    assert client.echo(second) == b"ping\n"
     second.close()
     assert "reject" not in srv.log()
 
@@ -80,21 +70,21 @@ def test_per_ip_limit_rejects_and_logs(server, quiet):
     args = ["-q"] if quiet else []
     srv = server(*args, "-H", "-C", "1", "127.0.0.1", "0", CAT)
     with client.connect(srv.port) as first:
-        assert echo(first) == b"ping\n"
+        assert client.echo(first) == b"ping\n"
         extra = probes.raw_connect(srv.port)
         extra_port = extra.getsockname()[1]
         # accepted, then closed at once: the client sees the end, not a wait
         assert probes.wait_closed(extra, 5) is not None
         extra.close()
         with client.connect(srv.port, source="127.0.0.2") as other:  # other IPs unaffected
-            assert echo(other) == b"ping\n"
-        assert echo(first, b"still\n") == b"still\n"
+            assert client.echo(other) == b"ping\n"
+        assert client.echo(first, b"still\n") == b"still\n"
     reject = f"s6-tlsserver: info: reject 127.0.0.1_{extra_port} count 1/1"
     if quiet:
         # a good session logs nothing, so serving one more shows the log is settled
         assert wait_for(lambda: not probes.children(srv.pid))
         with client.connect(srv.port) as s:
-            assert echo(s) == b"ping\n"
+            assert client.echo(s) == b"ping\n"
         assert srv.log() == ""
     else:
         assert srv.wait_log("reject ")
@@ -113,7 +103,7 @@ def test_per_ip_limit_is_clamped_to_the_global_limit(server):
     srv = server("-v", "-H", "-c", "1", "-C", "5", "127.0.0.1", "0", CAT)
     with client.connect(srv.port) as s:
         port = s.getsockname()[1]
-        assert echo(s) == b"ping\n"
+        assert client.echo(s) == b"ping\n"
         assert srv.wait_log("status: 1/1")
     assert srv.wait_log("end pid")
     lines = srv.lines()
@@ -126,13 +116,13 @@ def test_per_ip_limit_is_clamped_to_the_global_limit(server):
 def test_zero_per_ip_limit_counts_as_one(server):
     srv = server("-H", "-C", "0", "127.0.0.1", "0", CAT)
     with client.connect(srv.port) as first:
-        assert echo(first) == b"ping\n"
+        assert client.echo(first) == b"ping\n"
         extra = probes.raw_connect(srv.port)
         extra_port = extra.getsockname()[1]
         assert probes.wait_closed(extra, 5) is not None
         extra.close()
         with client.connect(srv.port, source="127.0.0.2") as other:
-            assert echo(other) == b"ping\n"
+            assert client.echo(other) == b"ping\n"
     assert srv.wait_log("reject ")
     assert srv.lines() == [f"s6-tlsserver: info: reject 127.0.0.1_{extra_port} count 1/1"]
 

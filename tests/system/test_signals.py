@@ -27,21 +27,11 @@ CAT = "/bin/cat"
 TERM_PROOF = ("/bin/sh", "-c", "trap '' TERM; exec cat")
 
 
-def echo(s: ssl.SSLSocket, data: bytes = b"ping\n") -> bytes:
-    s.sendall(data)
-    got = b""
-    while len(got) < len(data):
-        chunk = s.recv(65536)
-        assert chunk, "connection ended before the echo"
-        got += chunk
-    return got
-
-
 def open_sessions(srv: Running, n: int = 2) -> list[ssl.SSLSocket]:
     """n sessions that have each echoed once, so their progs are running."""
     sessions = [client.connect(srv.port) for _ in range(n)]
     for s in sessions:
-        assert echo(s) == b"ping\n"
+        assert client.echo(s) == b"ping\n"
     assert wait_for(lambda: len(srv.children()) == n)
     return sessions
 
@@ -66,7 +56,7 @@ def test_sigterm_stops_listening_and_exits_but_sessions_go_on(server):
     # The sessions still work, served by a copy of the server that drains them.
     assert all(probes.alive(p) for p in progs)
     for s in sessions:
-        assert echo(s, b"still there?\n") == b"still there?\n"
+        assert client.echo(s, b"still there?\n") == b"still there?\n"
     drainers = set(probes.session_members(srv.pid)) - set(progs)
     assert len(drainers) == 1
     (drainer,) = drainers
@@ -96,7 +86,7 @@ def test_sighup_terminates_progs_and_keeps_serving(server):
     assert srv.wait_log("signal 15", count=2)
     assert srv.proc.poll() is None
     with client.connect(srv.port) as s:
-        assert echo(s) == b"ping\n"
+        assert client.echo(s) == b"ping\n"
 
     lines = srv.lines()
     hup = lines.index(f"{INFO}received SIGHUP, sending SIGTERM and SIGCONT to all connections")
@@ -153,7 +143,7 @@ def test_sighup_sends_sigterm_not_sigkill(server):
     srv.signal(signal.SIGHUP)
     assert srv.wait_log("received SIGHUP")
     # The prog ignores SIGTERM, so the session is untouched.
-    assert echo(s, b"after\n") == b"after\n"
+    assert client.echo(s, b"after\n") == b"after\n"
     assert srv.children()
     s.close()
 
@@ -167,5 +157,5 @@ def test_sigint_kills_the_server_but_not_its_sessions(server):
     assert probes.refuses(srv.port)
     assert srv.log() == before
     # As upstream's separate processes, the session goes on (in the drainer).
-    assert echo(s, b"still there?\n") == b"still there?\n"
+    assert client.echo(s, b"still there?\n") == b"still there?\n"
     s.close()
