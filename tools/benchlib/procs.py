@@ -12,6 +12,7 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -153,10 +154,19 @@ def supervised() -> Iterator[Processes]:
     try:
         yield procs
     finally:
-        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, *previous)}
+        # A stop asked for during the clean-up is noted, not lost: the bench
+        # then still says it was stopped (and exits nonzero).
+        noted = {s: signal.signal(s, _note) for s in (signal.SIGINT, *previous)}
         try:
             procs.stop_all()
             procs.reap_orphans(kill=True)
         finally:
-            for s, handler in {**ignored, **previous}.items():
+            for s, handler in {**noted, **previous}.items():
                 signal.signal(s, handler)
+        if _Deferral.pending is not None and sys.exc_info()[0] is None:
+            signum, _Deferral.pending = _Deferral.pending, None
+            raise Interrupted(signal.Signals(signum).name)
+
+
+def _note(signum: int, _frame: FrameType | None) -> None:
+    _Deferral.pending = signum
