@@ -39,7 +39,14 @@ def _start(cache: Path, *args: str) -> subprocess.Popen[str]:
         text=True,
         env={**os.environ, "XDG_CACHE_HOME": str(cache)},
         start_new_session=True,  # its session id is its pid: how we find what it left
+        # Started in the background (as CI may run us), SIGINT would be inherited
+        # ignored; the bench must see it as a user's Ctrl-C would reach it.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _stat(pid: int) -> list[str] | None:
