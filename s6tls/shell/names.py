@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,13 +44,15 @@ import dns.reversename
 import gevent
 from gevent import socket
 
+from s6tls.ident import IDENT_REPLY_MAX, IdentReplyError, parse_ident_reply
+from s6tls.resolvconf import Address, parse_hosts, parse_resolv_conf, parse_server_list
+
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS_FILE = "/etc/hosts"
 DNS_PORT = 53
 IDENT_PORT = 113
 
-# s6-dns: at most 16 servers; ::1 when neither DNSCACHEIP nor resolv.conf names one.
-MAX_SERVERS = 16
+# s6-dns asks ::1 when neither DNSCACHEIP nor resolv.conf names a server.
 DEFAULT_SERVER = "::1"
 # s6-dns asks the servers in turn over UDP, four rounds, waiting this long for
 # each answer; a truncated answer switches to TCP, 10 s per server.
@@ -59,8 +60,6 @@ UDP_WAITS = (1.0, 3.0, 11.0, 45.0)
 TCP_WAIT = 10.0
 # A plain query (no EDNS) gets at most 512 bytes over UDP.
 UDP_MAX = 512
-# s6-networking reads at most this much of an IDENT reply line.
-IDENT_REPLY_MAX = 1024
 
 # An answer that ends the search; an answer after which s6-dns asks that server no more.
 FINAL_RCODES = (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
@@ -72,7 +71,6 @@ EXIT_IDENT_ERROR = 2
 EXIT_TIMEOUT = 99
 EXIT_FAILURE = 111
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 T = TypeVar("T")
 
 
@@ -126,54 +124,6 @@ class _WatchedFile(Generic[T]):
                 self._value = self._parse(f.read())
             self._stamp = stamp
         return self._value
-
-
-def parse_server_list(text: str) -> tuple[str, ...]:
-    """The resolver addresses in a DNSCACHEIP value (separated by spaces, commas or semicolons)."""
-    servers = []
-    for word in re.split(r"[\s,;]+", text):
-        if word and _is_ip(word):
-            servers.append(word)
-    return tuple(servers[:MAX_SERVERS])
-
-
-def parse_resolv_conf(data: bytes) -> tuple[str, ...]:
-    """The ``nameserver`` addresses of a resolv.conf, in order."""
-    servers = []
-    for line in data.decode("ascii", "replace").splitlines():
-        words = line.split()
-        if len(words) >= 2 and words[0] == "nameserver" and _is_ip(words[1]):
-            servers.append(words[1])
-    return tuple(servers[:MAX_SERVERS])
-
-
-def parse_hosts(data: bytes) -> dict[Address, str]:
-    """Map each address of a hosts file to the name s6-dns gives it.
-
-    That is the first name of the first line for the address, lower-cased,
-    with a trailing dot (s6-dns treats it as fully qualified).
-    """
-    names: dict[Address, str] = {}
-    for raw in data.decode("utf-8", "surrogateescape").splitlines():
-        words = raw.split("#", 1)[0].split()
-        # s6-dns skips scoped (link-local) addresses.
-        if len(words) < 2 or "%" in words[0]:
-            continue
-        try:
-            address = ipaddress.ip_address(words[0])
-        except ValueError:
-            continue
-        name = words[1].lower()
-        names.setdefault(address, name if name.endswith(".") else name + ".")
-    return names
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class Resolver:
@@ -410,7 +360,10 @@ def ident_lookup(remote_ip: str, remote_port: int, local_ip: str, local_port: in
     except (OSError, EOFError) as e:
         exitcode = EXIT_TIMEOUT if isinstance(e, TimeoutError) else EXIT_FAILURE
         raise _Failure(f"unable to ask IDENT at {remote_ip}: {_reason(e)}", exitcode) from None
-    return parse_ident_reply(line, remote_port, local_port)
+    try:
+        return parse_ident_reply(line, remote_port, local_port)
+    except IdentReplyError as e:
+        raise _Failure(str(e), EXIT_IDENT_ERROR if e.answered_error else EXIT_FAILURE) from None
 
 
 def _reason(e: Exception) -> str:
@@ -427,35 +380,6 @@ def _read_line(sock: socket.socket, limit: int) -> bytes:
             raise EOFError("connection closed before a full reply line")
         data += chunk
     return data.split(b"\n", 1)[0]
-
-
-_IDENT_REPLY = re.compile(
-    rb"[ \t]*(?P<rport>\d+)[ \t]*,[ \t]*(?P<lport>\d+)[ \t]*:[ \t]*"
-    rb"(?:USERID[ \t]*:[^:]*:[ \t]?(?P<user>.*)|ERROR[ \t]*:[ \t]*(?P<error>.*))",
-    re.DOTALL,
-)
-
-
-def parse_ident_reply(line: bytes, remote_port: int, local_port: int) -> str:
-    """The user id in an IDENT reply line (without its newline); _Failure for anything else.
-
-    The reply is ``rport , lport : USERID : opsys[,charset] : user-id`` or
-    ``rport , lport : ERROR : error-type``.
-    """
-    match = _IDENT_REPLY.fullmatch(line.removesuffix(b"\r"))
-    if match is None or (int(match["rport"]), int(match["lport"])) != (remote_port, local_port):
-        raise _Failure(f"IDENT reply not understood: {_printable(line)}")
-    if match["user"] is None:
-        raise _Failure(
-            f"IDENT server answered ERROR : {_printable(match['error'].strip())}", EXIT_IDENT_ERROR
-        )
-    # The id becomes an environment variable: cut at a NUL as upstream's C strings do.
-    return match["user"].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _printable(text: bytes) -> str:
-    """`text` fit for a one-line message."""
-    return "".join(c if c.isprintable() else "?" for c in text.decode("ascii", "replace"))
 
 
 def _attempt(task: Callable[[], str | None], strict: bool) -> str | NameLookupFailed | None:

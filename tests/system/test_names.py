@@ -23,15 +23,9 @@ import dns.reversename
 import gevent
 import pytest
 
-from s6tls.shell.names import (
-    NameLookupFailed,
-    Names,
-    Resolver,
-    parse_hosts,
-    parse_ident_reply,
-    parse_resolv_conf,
-    parse_server_list,
-)
+from s6tls.ident import parse_ident_reply
+from s6tls.resolvconf import parse_hosts, parse_resolv_conf, parse_server_list
+from s6tls.shell.names import NameLookupFailed, Names, Resolver
 from tests.system.dnsfixture import (
     DNSMASQ,
     OIDENTD,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import dns.reversename
 import pytest
 
-from s6tls.shell.names import parse_hosts
+from s6tls.resolvconf import parse_hosts
 from tests.support import client
 from tests.support.server import BIN, Running, run_command, wait_for
 from tests.system.dnsfixture import (
