@@ -7,6 +7,7 @@ close_notify only when asked, and hand TLS the bytes read past a PROXY header.
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import ssl
@@ -124,8 +125,6 @@ def _read(files: Files, path: str, what: str) -> bytes:
 
 
 def _pem(der: bytes, label: str) -> bytes:
-    import base64
-
     body = base64.encodebytes(der).decode("ascii")
     return f"-----BEGIN {label}-----\n{body}-----END {label}-----\n".encode()
 
