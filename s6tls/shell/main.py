@@ -10,6 +10,8 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 
 from gevent import socket as gsocket
 
@@ -17,13 +19,14 @@ from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse, unsigned
 from s6tls.rules import CdbRules, DirRules
+from s6tls.shell.limits import Limits
 from s6tls.shell.names import Resolver
 from s6tls.shell.privsep import drop_privileges, parse_ids, use_helper
-from s6tls.shell.server import InProcess, Runner, Server
+from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
 from s6tls.shell.tls import ContextCache
-from s6tls.shell.workers import WorkerPool
+from s6tls.shell.workers import start_workers, supervise
 from s6tls.tlsconfig import settings_from
 
 MAX_WORKERS = 64
@@ -140,17 +143,16 @@ def main() -> None:
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
         ids = parse_ids(env) if separates_privileges(env) else None
-        runner = start_runner(service, listener, workers, ids)
+        ip, port = listener.getsockname()[:2]
+        serve = start(service, listener, workers, ids)
     except S6tlsError as e:
         fail(e)
         return
-    ip, port = listener.getsockname()[:2]
     service.log.info(f"starting - bound to ip {ip} port {port}")
     service.log.info(f"status: 0/{opts.maxconn}")
     if opts.notify:
         notify_ready(port)
-    code = Server(service, listener, runner).serve()
-    os._exit(code)
+    os._exit(serve())
 
 
 def worker_count(env: dict[str, str]) -> int:
@@ -162,21 +164,24 @@ def worker_count(env: dict[str, str]) -> int:
     return count
 
 
-def start_runner(
+def start(
     service: Service, listener: socket.socket, workers: int, ids: tuple[int, int] | None
-) -> Runner:
-    """Where sessions run; with TLS_UID, each process that talks TLS gets its
-    root helper, and nothing that faces the network keeps root."""
+) -> Callable[[], int]:
+    """Set up the processes that serve; what then serves, returning the exit code.
+
+    With TLS_UID, each process that talks TLS gets its root helper, and
+    nothing that faces the network keeps root.
+    """
+    limits = Limits(service.options.maxconn, service.options.localmaxconn)
+
+    def split(not_for_helper: list[int]) -> None:
+        if ids:
+            use_helper(service, *ids, not_for_helper=not_for_helper)
+
     if workers == 1:
-        if ids:
-            use_helper(service, *ids, not_for_helper=[listener.fileno()])
-        return InProcess(service)
-
-    def in_worker() -> None:
-        if ids:
-            use_helper(service, *ids, not_for_helper=[])
-
-    pool = WorkerPool(service, workers, listener, in_worker)
+        split([listener.fileno(), *limits.fds()])
+        return Server(service, listener, limits).serve
+    pids = start_workers(service, listener, limits, workers, split)
     if ids:
         drop_privileges(*ids)
-    return pool
+    return partial(supervise, service, limits, pids)

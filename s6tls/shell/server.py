@@ -2,11 +2,11 @@
 
 This is upstream's s6-tcpserverd. At ``-c`` sessions it stops accepting, so
 extra clients wait in the kernel's backlog; past ``-C`` sessions from one IP
-it accepts and closes at once. The sessions themselves run in this process
-(``InProcess``) or in worker processes (``s6tls.shell.workers``); either
-way this process alone counts them, so the limits are exact, and logs them.
-On SIGTERM the listener closes and the supervised process exits at once,
-while the running sessions finish elsewhere.
+it accepts and closes at once. The counts live in ``s6tls.shell.limits``,
+exact however many processes accept (``s6tls.shell.workers``). Sessions run
+as greenlets of the accepting process. On SIGTERM the listener closes and the
+supervised process exits at once, while the running sessions finish
+elsewhere.
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import os
 import signal
 import socket
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
-from typing import Protocol
 
 import gevent
 from gevent.event import Event
-from gevent.lock import Semaphore
 from gevent.os import fork_gevent
 from gevent.pool import Group
 
 from s6tls import logline
+from s6tls.shell.limits import Limits
 from s6tls.shell.service import Service
 from s6tls.shell.session import Session, canonical_ip, run
 
@@ -33,26 +33,46 @@ from s6tls.shell.session import Session, canonical_ip, run
 _BACKOFF_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 BACKOFF_SECONDS = 0.1
 
-_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGABRT, signal.SIGINT)
 
-Started = Callable[[int], None]  # prog's pid
+@dataclass(frozen=True)
+class Reaction:
+    """What a signal does: the log line, the signals progs get, whether to quit."""
+
+    message: str | None
+    to_progs: tuple[int, ...] = ()
+    quits: bool = True
+
+
+_TERM_CONT = (signal.SIGTERM, signal.SIGCONT)
+REACTIONS: dict[int, Reaction] = {
+    signal.SIGHUP: Reaction(
+        "received SIGHUP, sending SIGTERM and SIGCONT to all connections", _TERM_CONT, False
+    ),
+    signal.SIGTERM: Reaction("received SIGTERM, quitting"),
+    signal.SIGQUIT: Reaction(
+        "received SIGQUIT, sending SIGTERM and SIGCONT to all connections and quitting",
+        _TERM_CONT,
+    ),
+    signal.SIGABRT: Reaction(
+        "received SIGABRT, sending SIGKILL to all connections and quitting", (signal.SIGKILL,)
+    ),
+    # Upstream does not trap SIGINT: it dies of it, silently, and its sessions
+    # (separate processes) live on; so do ours.
+    signal.SIGINT: Reaction(None),
+}
+
+
+Started = Callable[[], None]
 Ended = Callable[[int | None], None]  # prog's wait status, None if it never ran
 
 
-class Runner(Protocol):
-    """Where sessions run."""
-
-    def start(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
-        """Run the session; call started(pid) when prog runs, ended(status) at the end."""
-
-    def signal_progs(self, signums: Sequence[int]) -> None: ...
-
-    def finish(self) -> None:
-        """The server quits: let running sessions finish without this process."""
+def die_of_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
-class InProcess:
-    """Sessions as greenlets of this process; a forked copy drains them on quit."""
+class Sessions:
+    """The running sessions, as greenlets of this process."""
 
     def __init__(self, service: Service) -> None:
         self.service = service
@@ -60,17 +80,14 @@ class InProcess:
         self.running: set[Session] = set()
 
     def start(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
+        """Run the session; started() when prog runs, ended(wait status) at the end."""
         self.running.add(session)
         self.greenlets.spawn(self._serve, sock, session, started, ended)
 
     def _serve(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
-        def prog_started() -> None:
-            assert session.child is not None
-            started(session.child.pid)
-
         status = None
         try:
-            status = run(self.service, sock, session, prog_started)
+            status = run(self.service, sock, session, started)
         finally:
             self.running.discard(session)
             ended(status)
@@ -81,39 +98,45 @@ class InProcess:
                 for signum in signums:
                     session.child.signal(signum)
 
-    def finish(self) -> None:
+    def detach(self) -> None:
+        """This process quits now: a forked copy finishes the running sessions."""
         if self.running and fork_gevent() == 0:
-            # The drainer: finish the running sessions silently, then exit.
             self.service.log.verbosity = 0
             self.greenlets.join()
             os._exit(0)
 
 
 class Server:
-    """Accepts connections on one listening socket and hands them to a runner."""
+    """Accepts connections on one listening socket and runs their sessions.
 
-    def __init__(self, service: Service, listener: socket.socket, runner: Runner) -> None:
+    ``announce``: this process speaks for the server (logs the signals it
+    gets, and quits at once); a worker acts on them silently and finishes
+    its sessions before it exits.
+    """
+
+    def __init__(
+        self, service: Service, listener: socket.socket, limits: Limits, announce: bool = True
+    ) -> None:
         self.service = service
         self.listener = listener
-        self.runner = runner
-        self.slots = Semaphore(service.options.maxconn)
-        self.per_ip: dict[str, int] = {}
-        self.total = 0
+        self.limits = limits
+        self.announce = announce
+        self.sessions = Sessions(service)
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
 
     # -- accepting
 
     def accept_loop(self) -> None:
-        opts = self.service.options
         log = self.service.log
+        limits = self.limits
         starved = False
         while True:
-            self.slots.acquire()
+            slot = limits.take()
             try:
                 sock, address = self.listener.accept()
             except OSError as e:
-                self.slots.release()
+                limits.give_back(slot)
                 if e.errno in _BACKOFF_ERRNOS:
                     if not starved:  # once per episode: accept() fails until fds free up
                         log.warning(f"unable to accept: {e.strerror}; retrying")
@@ -124,79 +147,61 @@ class Server:
                 continue
             starved = False
             ip, port = canonical_ip(address[0]), address[1]
-            count = self.per_ip.get(ip, 0)
-            if count >= opts.localmaxconn:
-                log.notice(logline.reject(ip, port, count, opts.localmaxconn))
+            admitted, count = limits.admit(slot, ip)
+            if not admitted:
+                log.notice(logline.reject(ip, port, count, limits.localmax))
                 sock.close()
-                self.slots.release()
+                limits.give_back(slot)
                 continue
-            self.per_ip[ip] = count + 1
-            self.total += 1
             session = Session(ip, port, connnum=count)
-            self.runner.start(
-                sock, session, partial(self._started, session), partial(self._ended, session)
+            self.sessions.start(
+                sock, session, partial(self._started, session), partial(self._ended, session, slot)
             )
 
-    def _started(self, session: Session, pid: int) -> None:
-        session.pid = pid
+    def _started(self, session: Session) -> None:
+        assert session.child is not None
+        session.pid = session.child.pid
         log = self.service.log
         if log.verbose:
-            opts = self.service.options
-            count = self.per_ip[session.remote_ip]
+            count, total = self.limits.counts(session.remote_ip)
             ip, port = session.remote_ip, session.remote_port
-            log.info(logline.accept(ip, port, pid, count, opts.localmaxconn))
-            log.info(logline.status(self.total, opts.maxconn))
+            log.info(logline.accept(ip, port, session.pid, count, self.limits.localmax))
+            log.info(logline.status(total, self.limits.maxconn))
 
-    def _ended(self, session: Session, status: int | None) -> None:
-        left = self.per_ip[session.remote_ip] - 1
-        if left:
-            self.per_ip[session.remote_ip] = left
-        else:
-            del self.per_ip[session.remote_ip]
-        self.total -= 1
-        self.slots.release()
+    def _ended(self, session: Session, slot: int, status: int | None) -> None:
+        self.limits.release(slot)
         log = self.service.log
         if status is not None and log.verbose:
-            opts = self.service.options
-            log.info(logline.end(session.pid, status, left, opts.localmaxconn))
-            log.info(logline.status(self.total, opts.maxconn))
+            left, total = self.limits.counts(session.remote_ip)
+            log.info(logline.end(session.pid, status, left, self.limits.localmax))
+            log.info(logline.status(total, self.limits.maxconn))
 
     # -- signals
 
     def _on_signal(self, signum: int) -> None:
-        log = self.service.log
-        if signum == signal.SIGHUP:
-            log.info("received SIGHUP, sending SIGTERM and SIGCONT to all connections")
-            self.runner.signal_progs((signal.SIGTERM, signal.SIGCONT))
-            return
-        if signum == signal.SIGTERM:
-            log.info("received SIGTERM, quitting")
-        elif signum == signal.SIGQUIT:
-            log.info(
-                "received SIGQUIT, sending SIGTERM and SIGCONT to all connections and quitting"
-            )
-            self.runner.signal_progs((signal.SIGTERM, signal.SIGCONT))
-        elif signum == signal.SIGABRT:
-            log.info("received SIGABRT, sending SIGKILL to all connections and quitting")
-            self.runner.signal_progs((signal.SIGKILL,))
-        self.quit_signal = signum
-        self.quit.set()
+        reaction = REACTIONS[signum]
+        if self.announce and reaction.message:
+            self.service.log.info(reaction.message)
+        self.sessions.signal_progs(reaction.to_progs)
+        if reaction.quits:
+            self.quit_signal = signum
+            self.quit.set()
 
     # -- running
 
     def serve(self) -> int:
         """Serve until a quitting signal; return the exit code."""
-        for signum in _SIGNALS:
+        for signum in REACTIONS:
             gevent.signal_handler(signum, self._on_signal, signum)
         acceptor = gevent.spawn(self.accept_loop)
         self.quit.wait()
         acceptor.kill()
         self.listener.close()
-        self.runner.finish()
+        if not self.announce:
+            self.sessions.greenlets.join()
+            return 0
+        self.sessions.detach()
         if self.quit_signal == signal.SIGINT:
-            # Upstream does not trap SIGINT: it dies of it, silently, and its
-            # sessions (separate processes) live on; so do ours.
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGINT)
+            die_of_sigint()
         self.service.log.info("exiting")
         return 0

@@ -1,173 +1,123 @@
-"""Several worker processes behind one accepting process (S6TLS_WORKERS=N).
+"""Several worker processes on one listening socket (S6TLS_WORKERS=N).
 
-The accepting process keeps everything that must be exact or single: the
-listening socket, ``-c``/``-C`` counts, TCPCONNNUM, the accept/end log
-lines, and signals. Each accepted connection is handed to the least busy
-worker with its descriptor (SCM_RIGHTS) and its facts; the worker runs the
-session as a single process would, and reports prog's start and end back.
-On quit, the accepting process closes the workers' channels and exits at
-once; each worker finishes its running sessions, then exits.
+Each worker accepts on the shared socket and runs its sessions itself, as a
+single server would: nothing passes between processes per connection, so a
+session costs the same CPU in a worker as in a lone server. The limits stay
+exact because every worker counts in the same shared table
+(``s6tls.shell.limits``).
+
+The first process only supervises. It logs the signals it gets and passes
+them on: each worker signals its own progs, or stops accepting, finishes its
+sessions and exits, while the supervisor exits at once. A worker whose
+supervisor vanished (its pipe reads end-of-file) does the same. If a worker
+dies, its slots are given back; with none left, the server exits 111.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import socket
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, NoReturn
+import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 import gevent
-from gevent import socket as gsocket
-from gevent.lock import Semaphore
+from gevent.event import AsyncResult
 from gevent.os import fork_gevent
+from gevent.socket import wait_read
 
-from s6tls.shell.server import Ended, InProcess, Started
+from s6tls.shell.limits import Limits
+from s6tls.shell.server import REACTIONS, Server, die_of_sigint
 from s6tls.shell.service import Service
-from s6tls.shell.session import Session
-
-MAX_MESSAGE = 4096
 
 
-@dataclass(eq=False)
-class Worker:
-    """The accepting side of one worker: its channel and its sessions."""
+def start_workers(
+    service: Service,
+    listener: socket.socket,
+    limits: Limits,
+    count: int,
+    in_worker: Callable[[list[int]], None],
+) -> list[int]:
+    """Fork count workers that accept on listener; their pids.
 
-    pid: int
-    channel: socket.socket
-    sending: Semaphore = field(default_factory=Semaphore)
-    sessions: dict[int, tuple[Started, Ended]] = field(default_factory=dict)
+    ``in_worker(fds)`` runs first in each worker; fds are what a process
+    that never accepts can close.
+    """
+    # Only the supervisor keeps the writing end, open till it exits: its
+    # end-of-file tells the workers that the supervisor is gone.
+    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    workers = []
+    for _ in range(count):
+        pid = fork_gevent()
+        if pid == 0:
+            os.close(alive_w)
+            in_worker([listener.fileno(), alive_r, *limits.fds()])
+            _work(service, listener, limits, alive_r)
+        workers.append(pid)
+    os.close(alive_r)
+    listener.close()
+    return workers
 
 
-def _send(
-    channel: socket.socket, lock: Semaphore, message: dict[str, Any], fds: Sequence[int] = ()
-) -> None:
-    data = json.dumps(message).encode()
-    with lock:
-        if fds:
-            socket.send_fds(channel, [data], list(fds))
-        else:
-            channel.send(data)  # an empty SCM_RIGHTS is refused
+def supervise(service: Service, limits: Limits, workers: list[int]) -> int:
+    """Pass signals on to the workers until told to quit; the exit code."""
+    log = service.log
+    quitting: AsyncResult[int] = AsyncResult()  # the signal, or 0: no worker left
 
-
-class WorkerPool:
-    """Sessions run in N forked workers; this process accepts and counts."""
-
-    def __init__(
-        self,
-        service: Service,
-        count: int,
-        listener: socket.socket,
-        in_worker: Callable[[], None],
-    ) -> None:
-        self.service = service
-        self.workers: list[Worker] = []
-        self._next_id = 0
-        for _ in range(count):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            pid = fork_gevent()
-            if pid == 0:
-                ours.close()
-                listener.close()
-                for worker in self.workers:
-                    worker.channel.close()
-                in_worker()
-                _work(service, gsocket.socket(fileno=theirs.detach()))
-            theirs.close()
-            self.workers.append(Worker(pid, gsocket.socket(fileno=ours.detach())))
-        # Only now: a greenlet spawned before a fork would run in the child too.
-        for worker in self.workers:
-            gevent.spawn(self._listen, worker)
-
-    def start(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
-        if not self.workers:
-            sock.close()
-            ended(None)
-            return
-        worker = min(self.workers, key=lambda w: len(w.sessions))
-        self._next_id += 1
-        worker.sessions[self._next_id] = (started, ended)
-        message = {
-            "id": self._next_id,
-            "ip": session.remote_ip,
-            "port": session.remote_port,
-            "connnum": session.connnum,
-        }
-        try:
-            _send(worker.channel, worker.sending, message, [sock.fileno()])
-        except OSError:
-            worker.sessions.pop(self._next_id)
-            ended(None)
-        finally:
-            sock.close()
-
-    def _listen(self, worker: Worker) -> None:
-        """Relay a worker's reports; if it dies, its sessions are over."""
-        try:
-            while data := worker.channel.recv(MAX_MESSAGE):
-                report = json.loads(data)
-                if "pid" in report:
-                    worker.sessions[report["id"]][0](report["pid"])
-                else:
-                    worker.sessions.pop(report["id"])[1](report["status"])
-        except OSError:
-            pass
-        if worker in self.workers:
-            self.workers.remove(worker)
-            self.service.log.warning(f"worker {worker.pid} is gone")
-        for _, ended in worker.sessions.values():
-            ended(None)
-        worker.sessions.clear()
-
-    def signal_progs(self, signums: Sequence[int]) -> None:
-        for worker in self.workers:
+    def on_signal(signum: int) -> None:
+        reaction = REACTIONS[signum]
+        if reaction.message:
+            log.info(reaction.message)
+        for pid in workers:
             try:
-                _send(worker.channel, worker.sending, {"signal": list(signums)})
-            except OSError:
+                os.kill(pid, signum)
+            except ProcessLookupError:
                 pass
+        if reaction.quits and not quitting.ready():
+            quitting.set(signum)
 
-    def finish(self) -> None:
-        for worker in self.workers:
-            worker.channel.close()  # each worker drains its sessions, then exits
-        self.workers = []
+    def watch(pid: int) -> None:
+        _reap(pid)
+        workers.remove(pid)
+        freed = limits.reclaim(pid)
+        log.warning(f"worker {pid} is gone; {freed} of its slots given back")
+        if not workers and not quitting.ready():
+            quitting.set(0)
+
+    for signum in REACTIONS:
+        gevent.signal_handler(signum, on_signal, signum)
+    watchers = [gevent.spawn(watch, pid) for pid in workers]
+    signum = quitting.get()
+    gevent.killall(watchers)
+    if signum == 0:
+        log.fatal("no worker left")
+        return 111
+    if signum == signal.SIGINT:
+        die_of_sigint()
+    log.info("exiting")
+    return 0
 
 
-def _unreported(pid: int) -> None:
-    pass
+def _reap(pid: int) -> None:
+    """Wait cooperatively for child pid's end (through a pidfd), and reap it."""
+    fd = os.pidfd_open(pid)
+    try:
+        wait_read(fd)
+    finally:
+        os.close(fd)
+    os.waitpid(pid, 0)
 
 
-def _work(service: Service, channel: socket.socket) -> NoReturn:
-    """A worker: run the sessions the accepting process hands over."""
-    runner = InProcess(service)
-    lock = Semaphore()
+def _work(service: Service, listener: socket.socket, limits: Limits, alive: int) -> NoReturn:
+    """A worker: accept and serve until a quitting signal, or the supervisor's end."""
+    server = Server(service, listener, limits, announce=False)
 
-    def report(ident: int, what: str, value: int | None) -> None:
-        try:
-            _send(channel, lock, {"id": ident, what: value})
-        except OSError:
-            pass  # the accepting process is gone: we are draining
+    def orphaned() -> None:
+        wait_read(alive)
+        server.quit.set()
 
-    while True:
-        try:
-            data, fds, _, _ = socket.recv_fds(channel, MAX_MESSAGE, 1)
-        except OSError:
-            break
-        if not data:
-            break
-        order = json.loads(data)
-        if "signal" in order:
-            runner.signal_progs(order["signal"])
-            continue
-        ident = order["id"]
-        session = Session(order["ip"], order["port"], connnum=order["connnum"])
-        runner.start(
-            gsocket.socket(fileno=fds[0]),
-            session,
-            # prog's pid is only for the accept and end lines, shown at -v
-            partial(report, ident, "pid") if service.log.verbose else _unreported,
-            partial(report, ident, "status"),
-        )
-    runner.greenlets.join()
-    os._exit(0)
+    gevent.spawn(orphaned)
+    code = server.serve()
+    sys.stderr.flush()
+    os._exit(code)

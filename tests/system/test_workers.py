@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import ssl
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -24,16 +25,26 @@ def open_session(port: int, source: str = "127.0.0.1"):
     return s, fields
 
 
-def test_sessions_spread_over_workers_with_exact_counts(server, pki):
+def test_concurrent_sessions_spread_over_workers_with_exact_counts(server, pki):
+    srv = server("-H", "127.0.0.1", "0", *WHO, env={**pki.env(), "S6TLS_WORKERS": "2"})
+    workers = srv.children()
+    assert len(workers) == 2
+    # Whichever worker waits in accept() gets the next client: at once, both serve.
+    with ThreadPoolExecutor(20) as pool:
+        sessions = list(pool.map(lambda _: open_session(srv.port), range(20)))
+    assert {f["ppid"] for _, f in sessions} == {str(w) for w in workers}
+    # TCPCONNNUM counts across workers: 20 clients from one IP saw 0 to 19
+    assert sorted(int(f["conn"]) for _, f in sessions) == list(range(20))
+    for s, _ in sessions:
+        s.close()
+
+
+def test_per_ip_limit_is_exact_across_workers(server, pki):
     srv = server(
         "-v", "-H", "-C", "3", "127.0.0.1", "0", *WHO, env={**pki.env(), "S6TLS_WORKERS": "2"}
     )
-    workers = srv.children()
-    assert len(workers) == 2
     sessions = [open_session(srv.port) for _ in range(3)]
-    assert {f["ppid"] for _, f in sessions} == {str(w) for w in workers}
     assert sorted(f["conn"] for _, f in sessions) == ["0", "1", "2"]
-    # -C is counted by the accepting process: a fourth from this IP is refused
     with pytest.raises((OSError, ConnectionError)):
         open_session(srv.port)
     assert srv.wait_log("reject 127.0.0.1_")
@@ -113,3 +124,38 @@ def test_workers_drop_privileges_too(server, pki):
     s, fields = open_session(srv.port)
     assert fields["ppid"] != str(srv.pid)
     s.close()
+
+
+def test_a_dead_worker_gives_its_slots_back(server, pki):
+    srv = server("-H", "-c", "2", "127.0.0.1", "0", *WHO, env={**pki.env(), "S6TLS_WORKERS": "2"})
+    sessions = [open_session(srv.port) for _ in range(2)]
+    victim = int(sessions[0][1]["ppid"])
+    held = sum(f["ppid"] == str(victim) for _, f in sessions)
+    os.kill(victim, signal.SIGKILL)
+    assert srv.wait_log(f"worker {victim} is gone; {held} of its slots given back")
+    # the slots are usable again: -c 2 allows as many new sessions as died
+    survivors = [s for s, f in sessions if f["ppid"] != str(victim)]
+    fresh = [open_session(srv.port) for _ in range(held)]
+    assert all(f["ppid"] != str(victim) for _, f in fresh)
+    for s, _ in fresh:
+        s.close()
+    for s in survivors:
+        s.close()
+    (last,) = srv.children()
+    os.kill(last, signal.SIGKILL)
+    assert srv.proc.wait(timeout=5) == 111
+    assert "s6-tlsserver: fatal: no worker left" in srv.log()
+
+
+def test_workers_finish_their_sessions_when_the_supervisor_vanishes(server, pki):
+    srv = server("-H", "127.0.0.1", "0", *WHO, env={**pki.env(), "S6TLS_WORKERS": "2"})
+    workers = srv.children()
+    s, _ = open_session(srv.port)
+    os.kill(srv.pid, signal.SIGKILL)
+    srv.proc.wait(timeout=5)
+    # no more accepting: the listening socket is closed in every worker
+    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", srv.port)) != 0)
+    s.sendall(b"still served\n")
+    assert s.recv(100) == b"still served\n"
+    s.close()
+    assert wait_for(lambda: not any(os.path.exists(f"/proc/{w}") for w in workers))
