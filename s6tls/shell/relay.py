@@ -13,8 +13,8 @@ import ssl
 from dataclasses import dataclass
 
 import gevent
-from gevent.socket import wait_read, wait_write
 
+from s6tls.shell.fdio import read_into, write_all
 from s6tls.shell.spawn import grow_pipe
 from s6tls.shell.tls import PLAIN_CHUNK, TlsStream
 
@@ -30,29 +30,8 @@ class RelayEnd:
     after_our_end: bool = False
 
 
-def read_pipe(fd: int) -> bytes:
-    """Read what prog wrote, waiting cooperatively; b"" at its EOF."""
-    while True:
-        try:
-            return os.read(fd, PLAIN_CHUNK)
-        except BlockingIOError:
-            wait_read(fd)
-
-
-def write_pipe(fd: int, data: bytes) -> bool:
-    """Write all of data to prog, waiting cooperatively while the pipe is full.
-
-    Returns whether it had to wait (the pipe was full).
-    """
-    view = memoryview(data)
-    waited = False
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            waited = True
-            wait_write(fd)
-    return waited
+# Where prog's output is read, for the whole process (see s6tls.shell.fdio).
+_FROM_PROG = bytearray(PLAIN_CHUNK)
 
 
 def _to_prog(stream: TlsStream, fd: int, end: RelayEnd) -> None:
@@ -60,7 +39,7 @@ def _to_prog(stream: TlsStream, fd: int, end: RelayEnd) -> None:
     try:
         grown = False
         while data := stream.read():
-            if write_pipe(fd, data) and not grown:
+            if write_all(fd, data) and not grown:
                 grown = True
                 grow_pipe(fd)
         end.ragged_eof = not stream.clean_eof
@@ -78,11 +57,12 @@ def relay(stream: TlsStream, stdin: int, stdout: int, close_notify: bool) -> Rel
     upstream = gevent.spawn(_to_prog, stream, stdin, end)
     try:
         grown = False
-        while data := read_pipe(stdout):
-            if len(data) == PLAIN_CHUNK and not grown:
+        buf = memoryview(_FROM_PROG)
+        while n := read_into(stdout, buf):
+            if n == PLAIN_CHUNK and not grown:
                 grown = True
                 grow_pipe(stdout)
-            stream.write(data)
+            stream.write(buf[:n])
     except (ssl.SSLError, OSError) as e:
         end.error = end.error or f"unable to write to remote: {e.strerror or e}"
         upstream.kill()

@@ -14,13 +14,14 @@ import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
-from typing import Protocol
+from typing import Protocol, cast
 
 from gevent.lock import Semaphore
 from gevent.socket import socket as GeventSocket
 
 from s6tls.errors import SystemFailure
 from s6tls.options import ClientCert
+from s6tls.shell.fdio import write_all
 from s6tls.sslvars import TlsInfo
 from s6tls.tlsconfig import TlsSettings, match_name
 
@@ -34,6 +35,8 @@ PLAIN_BATCH = 4 * PLAIN_CHUNK
 # OpenSSL before anything else can run, so sessions never see each other's
 # bytes, and an idle session holds no 64 KiB buffer of its own.
 _RECV_BUFFER = bytearray(RECV_SIZE)
+# Where read() decrypts to, likewise (see s6tls.shell.fdio).
+_PLAIN_BUFFER = bytearray(PLAIN_BATCH)
 
 _VERIFY = {
     ClientCert.NONE: ssl.CERT_NONE,
@@ -278,6 +281,14 @@ class ContextCache:
         return ctx
 
 
+def _decrypt(obj: ssl.SSLObject, buf: memoryview) -> int:
+    """Decrypt into buf (at most one record); how many bytes.
+
+    (typeshed's SSLObject.read is always bytes: with a buffer, it is the count.)
+    """
+    return cast(int, obj.read(len(buf), buf))
+
+
 class TlsStream:
     """A server-side TLS session over a gevent socket, driven through memory BIOs."""
 
@@ -304,7 +315,7 @@ class TlsStream:
         with self._sending:
             data = self._out.read()
             if data:
-                self.sock.sendall(data)
+                write_all(self.sock.fileno(), data)
 
     def handshake(self) -> TlsInfo:
         """Run the server handshake; raise HandshakeFailed with the reason."""
@@ -349,16 +360,18 @@ class TlsStream:
             peer_subject=subject,  # type: ignore[arg-type]
         )
 
-    def read(self) -> bytes:
-        """Cleartext from the peer; b"" at its end (close_notify or bare EOF).
+    def read(self) -> memoryview:
+        """Cleartext from the peer; empty at its end (close_notify or bare EOF).
 
         Returns every record already received, up to PLAIN_BATCH, so that a
-        bulk upload reaches prog in few large writes.
+        bulk upload reaches prog in few large writes. The view is of a buffer
+        the whole process shares: use it before anything can wait.
         """
-        data = b""
+        buf = memoryview(_PLAIN_BUFFER)
+        size = 0
         while True:
             try:
-                data = self.ssl.read(PLAIN_CHUNK)
+                size = _decrypt(self.ssl, buf)
             except ssl.SSLWantReadError:
                 if self._out.pending:
                     self.flush()
@@ -367,30 +380,29 @@ class TlsStream:
             except ssl.SSLZeroReturnError:
                 pass
             break
-        if data:
-            data = self._more(data)
+        if size:
+            size = self._more(buf, size)
         else:
             # With OP_IGNORE_UNEXPECTED_EOF a bare FIN also reads as a clean
             # end; it was clean only if it came before the socket's EOF.
             self.clean_eof = not self._in.eof
-        if self._out.pending:
-            self.flush()  # e.g. a TLS 1.3 key update answer
+        data = buf[:size]
+        if self._out.pending:  # e.g. a TLS 1.3 key update answer
+            data = memoryview(bytes(data))  # sending it may wait
+            self.flush()
         return data
 
-    def _more(self, first: bytes) -> bytes:
-        """first, and what else is decryptable now without waiting."""
-        chunks = [first]
-        size = len(first)
+    def _more(self, buf: memoryview, size: int) -> int:
+        """Add to buf[:size] what else is decryptable now without waiting."""
         while size < PLAIN_BATCH and (self._in.pending or self.ssl.pending()):
             try:
-                chunk = self.ssl.read(PLAIN_CHUNK)
+                more = _decrypt(self.ssl, buf[size:])
             except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
                 break  # the end, if it is one, shows at the next read
-            if not chunk:
+            if not more:
                 break
-            chunks.append(chunk)
-            size += len(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            size += more
+        return size
 
     def write(self, data: bytes | memoryview) -> None:
         """Encrypt and send cleartext for the peer."""

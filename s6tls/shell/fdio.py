@@ -1,0 +1,42 @@
+"""Reads and writes on non-blocking descriptors that wait cooperatively.
+
+The relay moves bulk data through buffers shared by the whole process, so
+that an idle session holds none: data read into one is used before anything
+can wait, and a write that must wait keeps its own copy of the rest.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gevent.socket import wait_read, wait_write
+
+
+def read_into(fd: int, buf: memoryview) -> int:
+    """Read into buf, waiting while there is nothing; 0 at end of file."""
+    while True:
+        try:
+            return os.readv(fd, [buf])
+        except BlockingIOError:
+            wait_read(fd)
+
+
+def write_all(fd: int, data: bytes | memoryview) -> bool:
+    """Write all of data, waiting while fd is full; whether it had to wait.
+
+    data may be a view of a shared buffer: it is not used after a wait.
+    """
+    try:
+        done = os.write(fd, data)
+    except BlockingIOError:
+        done = 0
+    if done == len(data):
+        return False
+    rest = memoryview(data)[done:] if isinstance(data, bytes) else memoryview(bytes(data[done:]))
+    while rest:
+        wait_write(fd)
+        try:
+            rest = rest[os.write(fd, rest) :]
+        except BlockingIOError:
+            pass
+    return True
