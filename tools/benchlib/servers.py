@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchlib import memory
 from benchlib.certs import KeyPair
 from benchlib.procs import Processes
 
@@ -137,14 +138,18 @@ def free_port() -> int:
 
 
 def listening(port: int, pid: int) -> bool:
-    """Whether process pid listens on 127.0.0.1:port (read from /proc: no probe
-    connection, which would start a prog)."""
+    """Whether the server side of pid (its workers too) listens on
+    127.0.0.1:port (read from /proc: no probe connection, which would start a
+    prog)."""
     want = f"0100007F:{port:04X}"
     with open("/proc/net/tcp") as f:
         next(f)
         inodes = {fields[9] for fields in map(str.split, f) if fields[1:4:2] == [want, "0A"]}
-    if not inodes:
-        return False
+    return bool(inodes) and any(_holds(p, inodes) for p in memory.server_pids(pid))
+
+
+def _holds(pid: int, inodes: set[str]) -> bool:
+    """Whether process pid has one of these sockets open."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
