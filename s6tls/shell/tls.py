@@ -21,7 +21,7 @@ from gevent.socket import socket as GeventSocket
 
 from s6tls.errors import SystemFailure
 from s6tls.options import ClientCert
-from s6tls.shell.fdio import write_all
+from s6tls.shell.fdio import read_into, write_all
 from s6tls.sslvars import TlsInfo
 from s6tls.tlsconfig import TlsSettings, match_name
 
@@ -304,9 +304,10 @@ class TlsStream:
 
     def _fill(self) -> None:
         """Move what the socket has into OpenSSL; at EOF, tell OpenSSL so."""
-        n = self.sock.recv_into(_RECV_BUFFER)
+        view = memoryview(_RECV_BUFFER)
+        n = read_into(self.sock.fileno(), view)
         if n:
-            self._in.write(memoryview(_RECV_BUFFER)[:n])
+            self._in.write(view[:n])
         else:
             self._in.write_eof()
 
