@@ -8,7 +8,6 @@ ends when both directions are done; neither loses a byte the other side wrote.
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 from dataclasses import dataclass
 
@@ -77,7 +76,7 @@ def relay(stream: TlsStream, stdin: int, stdout: int, close_notify: bool) -> Rel
             stream.close_notify()
             upstream.kill()
         else:
-            stream.sock.shutdown(socket.SHUT_WR)
+            stream.half_close()
             end.after_our_end = True
             upstream.join()
     except (ssl.SSLError, OSError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import socket
 import ssl
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -300,6 +301,7 @@ class TlsStream:
             self._in.write(pending)
         self.ssl = ctx.wrap_bio(self._in, self._out, server_side=True)
         self._sending = Semaphore()
+        self._unsent_ticket = 0  # bytes of output that need not go out before we wait
         self.clean_eof = False
 
     def _fill(self) -> None:
@@ -313,6 +315,7 @@ class TlsStream:
 
     def flush(self) -> None:
         """Send whatever OpenSSL produced, in one send, in order."""
+        self._unsent_ticket = 0
         with self._sending:
             data = self._out.read()
             if data:
@@ -330,7 +333,12 @@ class TlsStream:
                     if self._in.eof:
                         raise HandshakeFailed("the client closed the connection") from None
                     self._fill()
-            self.flush()
+            if self.ssl.version() == "TLSv1.3":
+                # All that is left is the session ticket, which no client
+                # waits for: it goes out with our first reply, in one send.
+                self._unsent_ticket = self._out.pending
+            else:
+                self.flush()
         except ssl.SSLZeroReturnError:
             # With OP_IGNORE_UNEXPECTED_EOF a bare FIN reads as a close_notify.
             raise HandshakeFailed("the client closed the connection") from None
@@ -374,7 +382,7 @@ class TlsStream:
             try:
                 size = _decrypt(self.ssl, buf)
             except ssl.SSLWantReadError:
-                if self._out.pending:
+                if self._out.pending > self._unsent_ticket:
                     self.flush()
                 self._fill()
                 continue
@@ -388,7 +396,7 @@ class TlsStream:
             # end; it was clean only if it came before the socket's EOF.
             self.clean_eof = not self._in.eof
         data = buf[:size]
-        if self._out.pending:  # e.g. a TLS 1.3 key update answer
+        if self._out.pending > self._unsent_ticket:  # e.g. a TLS 1.3 key update answer
             data = memoryview(bytes(data))  # sending it may wait
             self.flush()
         return data
@@ -409,6 +417,11 @@ class TlsStream:
         """Encrypt and send cleartext for the peer."""
         self.ssl.write(data)
         self.flush()
+
+    def half_close(self) -> None:
+        """Say we are done sending (TCP FIN), leaving TLS usable for reading."""
+        self.flush()
+        self.sock.shutdown(socket.SHUT_WR)
 
     def close_notify(self) -> None:
         """Send close_notify without waiting for the peer's."""

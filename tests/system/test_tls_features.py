@@ -301,6 +301,19 @@ def test_session_resumption(server, version):
     assert first == second
 
 
+def test_ticket_reaches_a_client_that_gets_no_data(server):
+    # The TLS 1.3 ticket waits to share a send with prog's first bytes; a prog
+    # that writes nothing must not keep the client from resuming.
+    srv = server("-H", "127.0.0.1", "0", "/bin/sh", "-c", "read x")
+    ctx = client.context(version=ssl.TLSVersion.TLSv1_3)
+    with client.connect(srv.port, ctx=ctx) as s:
+        s.sendall(b"go\n")
+        assert client.read_all(s) == (b"", "eof")
+        session = s.session
+    with client.connect(srv.port, ctx=ctx, session=session) as s:
+        assert s.session_reused
+
+
 def test_openssl_sess_out_sess_in(server, tmp_path):
     srv = server("-H", "127.0.0.1", "0", "/bin/echo", "hi")
     sess = tmp_path / "sess.pem"
