@@ -40,3 +40,12 @@ def write_all(fd: int, data: bytes | memoryview) -> bool:
         except BlockingIOError:
             pass
     return True
+
+
+def to_null(*fds: int) -> None:
+    """Point these descriptors at /dev/null (closing what they were, but
+    keeping the numbers taken)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in fds:
+        os.dup2(null, fd)
+    os.close(null)

@@ -19,6 +19,7 @@ from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse, unsigned
 from s6tls.rules import CdbRules, DirRules
+from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
 from s6tls.shell.names import Resolver
 from s6tls.shell.privsep import drop_privileges, parse_ids, use_helper
@@ -79,9 +80,7 @@ def listen(opts: Options) -> socket.socket:
 def notify_ready(port: int) -> None:
     """-1: write the port on stdout, then close stdout (kept open on /dev/null)."""
     os.write(1, f"{port}\n".encode())
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.close(null)
+    to_null(1)
 
 
 def check_environment(opts: Options, env: dict[str, str]) -> None:

@@ -57,6 +57,7 @@ from s6tls.launch import prog_command
 from s6tls.options import Options, unsigned
 from s6tls.rules import Rule, RuleSource, compile_dir, decode, read_cdb
 from s6tls.rules.errors import RulesError
+from s6tls.shell.fdio import to_null
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import SpawnFailed, spawn_on, start_on_pipes
 from s6tls.shell.tls import FileIdentity, LocalFiles
@@ -438,10 +439,7 @@ def split(
         for fd in not_for_helper:
             os.close(fd)
         # The helper must not hold stdout open: -1's reader waits for its EOF.
-        null = os.open(os.devnull, os.O_RDWR)
-        os.dup2(null, 0)
-        os.dup2(null, 1)
-        os.close(null)
+        to_null(0, 1)
         try:
             Helper(theirs, opts, base_env, rules).serve()
         finally:

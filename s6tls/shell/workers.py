@@ -27,6 +27,7 @@ from gevent.event import AsyncResult
 from gevent.os import fork_gevent
 from gevent.socket import wait_read
 
+from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
 from s6tls.shell.server import REACTIONS, Server, die_of_sigint
 from s6tls.shell.service import Service
@@ -52,6 +53,7 @@ def start_workers(
         pid = fork_gevent()
         if pid == 0:
             os.close(alive_w)
+            to_null(1)  # -1: only the supervisor holds the stdout whose end is awaited
             in_worker([listener.fileno(), alive_r, *limits.fds()])
             _work(service, listener, limits, alive_r)
         workers.append(pid)

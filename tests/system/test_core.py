@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import ssl
 import subprocess
@@ -152,18 +153,26 @@ def test_verified_by_curl_and_openssl(server, pki, tmp_path):
     assert b"proto=TLSv1.2" in r.stdout
 
 
-def test_notify_writes_port_then_closes_stdout(pki, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_notify_writes_port_then_closes_stdout(pki, workers):
     from tests.support.server import S6_TLSSERVER
 
     proc = subprocess.Popen(
         [S6_TLSSERVER, "-H", "-1", "127.0.0.1", "0", "/bin/cat"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin", **pki.env()},
+        env={"PATH": "/usr/bin:/bin", "S6TLS_WORKERS": workers, **pki.env()},
         start_new_session=True,
     )
     try:
-        out = proc.stdout.read()  # returns only at EOF: stdout must be closed
+        # stdout's end of file must come (workers and helpers keep none of it)
+        out = b""
+        while select.select([proc.stdout], [], [], 5)[0]:
+            if not (chunk := os.read(proc.stdout.fileno(), 100)):
+                break
+            out += chunk
+        else:
+            pytest.fail(f"stdout still open after {out!r}")
         assert out.endswith(b"\n") and int(out) > 0
         assert proc.poll() is None
         socket.create_connection(("127.0.0.1", int(out)), timeout=5).close()
