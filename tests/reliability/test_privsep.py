@@ -34,9 +34,11 @@ def small(rng: random.Random) -> int:
     return rng.randint(0, KIB)
 
 
-# After the warm-up, a server that keeps nothing per session moved by -1.1 to +0.8 MiB
-# over the measured round; one that keeps ~700 bytes per session grows ~2.7 MiB.
-WARMUP, MEASURED, GROWTH_BOUND_KIB = 2500, 4000, 1600
+# The allocator settles slowly: after 2,500 sessions a server that keeps nothing
+# per session still moved by up to +1.9 MiB over the measured round (and by 0.1
+# to 2.0 MiB over 16,000), after 6,500 by +0.4 to +0.9 MiB. One that keeps ~700
+# bytes per session grows ~2.7 MiB.
+WARMUP, MEASURED, GROWTH_BOUND_KIB = 6500, 4000, 1600
 
 
 def test_memory_does_not_grow_with_sessions(server, pki):
