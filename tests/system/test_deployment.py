@@ -116,23 +116,26 @@ def test_rules_judge_the_proxy(server, tmp_path):
     assert srv.wait_log("deny 127.0.0.2_")
 
 
-def test_listening_socket_on_fd_0(pki, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_listening_socket_on_fd_0(pki, tmp_path, workers):
     lsock = socket.create_server(("127.0.0.1", 0))
     port = lsock.getsockname()[1]
     proc = subprocess.Popen(
         [S6_TLSSERVER, "-H", "-v", "0.0.0.0", "0", *ENV_PROG],
         stdin=lsock.fileno(),
         stderr=(tmp_path / "log").open("wb"),
-        env={"PATH": "/usr/bin:/bin", **pki.env()},
+        env={"PATH": "/usr/bin:/bin", "S6TLS_WORKERS": workers, **pki.env()},
         start_new_session=True,
     )
     lsock.close()
     try:
         assert wait_for(lambda: "starting" in (tmp_path / "log").read_text())
         assert f"bound to ip 127.0.0.1 port {port}" in (tmp_path / "log").read_text()
-        with client.connect(port) as s:
-            got = client.env_of(client.read_all(s)[0])
-        assert got["TCPLOCALPORT"] == str(port)
+        for _ in range(3):
+            with client.connect(port) as s:
+                got = client.env_of(client.read_all(s)[0])
+            assert got["TCPLOCALPORT"] == str(port)
+        assert "S6TLS_WORKERS" not in got
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
@@ -146,12 +149,13 @@ def unit_exec_start(path: Path) -> list[str]:
 @pytest.mark.skipif(
     not shutil.which("systemd-socket-activate"), reason="no systemd-socket-activate"
 )
-def test_systemd_socket_activation_example(pki, procs, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
     argv = unit_exec_start(EXAMPLES / "run-systemd" / "s6tls.service")
     argv[0] = S6_TLSSERVER
     argv[-1] = "/usr/bin/env"
     port = free_port()
-    env = {"PATH": "/usr/bin:/bin", **pki.env()}
+    env = {"PATH": "/usr/bin:/bin", "S6TLS_WORKERS": workers, **pki.env()}
     log = (tmp_path / "log").open("wb")
     procs(
         [
@@ -166,9 +170,10 @@ def test_systemd_socket_activation_example(pki, procs, tmp_path):
         env=env,
     )
     assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
-    with client.connect(port) as s:
-        got = client.env_of(client.read_all(s)[0])
-    assert got["TCPLOCALPORT"] == str(port)
+    for _ in range(3):
+        with client.connect(port) as s:
+            got = client.env_of(client.read_all(s)[0])
+        assert got["TCPLOCALPORT"] == str(port)
     assert "LISTEN_FDS" not in got and "LISTEN_PID" not in got
 
 
