@@ -7,6 +7,7 @@ can wait, and a write that must wait keeps its own copy of the rest.
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 from gevent.socket import wait_read, wait_write
@@ -49,3 +50,14 @@ def to_null(*fds: int) -> None:
     for fd in fds:
         os.dup2(null, fd)
     os.close(null)
+
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+def grow_pipe_to(fd: int, size: int) -> None:
+    """Make the pipe behind fd hold at least size bytes (never shrink it);
+    OSError if the kernel refuses."""
+    if fcntl.fcntl(fd, _F_GETPIPE_SZ) < size:
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, size)

@@ -25,9 +25,13 @@ import zlib
 
 from gevent.socket import wait_read
 
+from s6tls.errors import SystemFailure
+from s6tls.shell.fdio import grow_pipe_to
+
 _KEY = 40  # an IP's text, NUL-padded: the longest IPv6 text is 39
 _NONE = bytes(_KEY)
 _SLOT_BYTES = 2  # a slot number in the pipe; pipe writes this small are atomic
+_PAGE = 4096
 
 
 def _key(ip: str) -> bytes:
@@ -83,10 +87,26 @@ class Limits:
         total = _Region.size(maxconn) + _Region.size(buckets)
         self._total = memoryview(self._memory)[total : total + 4].cast("i")
         self._lock = _Lock()
-        self._free_r, self._free_w = os.pipe2(os.O_CLOEXEC)
-        os.set_blocking(self._free_r, False)
-        # 16384 slots at most (options.MAXCONN_MAX): 32 KiB fits a pipe.
-        os.write(self._free_w, b"".join(self._number(slot) for slot in range(maxconn)))
+        self._free_r, self._free_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._fill_free(b"".join(self._number(slot) for slot in range(maxconn)))
+        os.set_blocking(self._free_w, True)
+
+    def _fill_free(self, numbers: bytes) -> None:
+        """Put every slot in the pipe: up to 32 KiB (options.MAXCONN_MAX).
+
+        The kernel frees a pipe's page only once all of it is read, and a
+        slot given back may need a fresh page: one page of room beyond the
+        slots keeps that write from ever blocking. A default pipe holds 64
+        KiB, but one made past its user's pipe quota only a page or two.
+        """
+        try:
+            grow_pipe_to(self._free_w, len(numbers) + _PAGE)
+            if os.write(self._free_w, numbers) == len(numbers):
+                return
+            reason = "the pipe is too small"
+        except OSError as e:
+            reason = e.strerror or str(e)
+        raise SystemFailure(f"unable to make room for {self.maxconn} slots: {reason}")
 
     def fds(self) -> list[int]:
         """Descriptors a process that never accepts (the root helper) may close."""

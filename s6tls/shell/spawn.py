@@ -7,7 +7,6 @@ installs a SIGCHLD handler, so no other reaper can steal an exit status.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
@@ -19,11 +18,11 @@ from s6tls.environ import Connection
 from s6tls.launch import prog_command
 from s6tls.options import Options
 from s6tls.rules import Rule
+from s6tls.shell.fdio import grow_pipe_to
 from s6tls.sslvars import TlsInfo
 
 # A busy pipe is grown to this size.
 PIPE_SIZE = 1 << 20
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 class SpawnFailed(Exception):
@@ -92,7 +91,7 @@ def grow_pipe(fd: int) -> None:
     big pipe costs kernel memory for as long as it lives.
     """
     try:
-        fcntl.fcntl(fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        grow_pipe_to(fd, PIPE_SIZE)
     except OSError:
         pass  # over /proc/sys/fs/pipe-max-size for this user: keep the default
 

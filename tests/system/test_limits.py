@@ -150,3 +150,12 @@ def test_connnum_counts_open_sessions_from_the_same_ip(server):
         assert wait_for(lambda: len(probes.children(srv.pid)) == 3)
         _, e_num = open_from("127.0.0.1")
         assert e_num == 2
+
+
+def test_the_largest_c_serves_and_frees_slots(server):
+    srv = server("-v", "-H", "-c", "16384", "-C", "16384", "127.0.0.1", "0", "/bin/echo", "hi")
+    for _ in range(3):
+        with client.connect(srv.port) as s:
+            assert client.read_all(s)[0] == b"hi\n"
+    assert srv.wait_log("end pid", count=3)
+    assert srv.log().count("status: 0/16384") == 4  # at the start, and after each end

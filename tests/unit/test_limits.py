@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -57,3 +58,17 @@ def test_a_gone_process_gives_its_slots_back() -> None:
     assert limits.counts("10.0.0.1") == (0, 0)
     slots = {limits.take() for _ in range(3)}  # all three are free again
     assert slots == {0, 1, 2}
+
+
+@pytest.mark.timeout(30)
+def test_giving_slots_back_never_blocks_at_the_largest_c() -> None:
+    # Slot numbers are read two bytes at a time, but the pipe frees a page only
+    # once all of it is read: a slot given back must still find room.
+    limits = Limits(16384, 16384)
+    for rounds in (1, 3000, 16384):
+        taken = [limits.take() for _ in range(rounds)]
+        for slot in taken:
+            assert limits.admit(slot, "10.0.0.1")[0]
+        for slot in taken:
+            limits.release(slot)
+    assert limits.counts("10.0.0.1") == (0, 0)
