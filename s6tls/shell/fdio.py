@@ -1,4 +1,4 @@
-"""Reads and writes on non-blocking descriptors that wait cooperatively.
+"""Descriptors: reads and writes that wait cooperatively, and pipe sizes.
 
 The relay moves bulk data through buffers shared by the whole process, so
 that an idle session holds none: data read into one is used before anything
@@ -52,6 +52,8 @@ def to_null(*fds: int) -> None:
     os.close(null)
 
 
+# A busy pipe is grown to this size.
+PIPE_SIZE = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
@@ -61,3 +63,15 @@ def grow_pipe_to(fd: int, size: int) -> None:
     OSError if the kernel refuses."""
     if fcntl.fcntl(fd, _F_GETPIPE_SZ) < size:
         fcntl.fcntl(fd, _F_SETPIPE_SZ, size)
+
+
+def grow_pipe(fd: int) -> None:
+    """Enlarge a pipe that carries bulk data: fewer wake-ups per megabyte.
+
+    Done only once a direction proves busy: most sessions are short, and a
+    big pipe costs kernel memory for as long as it lives.
+    """
+    try:
+        grow_pipe_to(fd, PIPE_SIZE)
+    except OSError:
+        pass  # over /proc/sys/fs/pipe-max-size for this user: keep the default

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from s6tls.shell.fdio import read_into, write_all
-from s6tls.shell.spawn import grow_pipe
+from s6tls.shell.fdio import grow_pipe, read_into, write_all
 from s6tls.shell.tls import PLAIN_CHUNK, TlsStream
 
 

@@ -18,11 +18,7 @@ from s6tls.environ import Connection
 from s6tls.launch import prog_command
 from s6tls.options import Options
 from s6tls.rules import Rule
-from s6tls.shell.fdio import grow_pipe_to
 from s6tls.sslvars import TlsInfo
-
-# A busy pipe is grown to this size.
-PIPE_SIZE = 1 << 20
 
 
 class SpawnFailed(Exception):
@@ -82,18 +78,6 @@ def start_on_pipes(start: Callable[[int, int], int]) -> tuple[int, int, int]:
         os.close(in_r)
         os.close(out_w)
     return pid, in_w, out_r
-
-
-def grow_pipe(fd: int) -> None:
-    """Enlarge a pipe that carries bulk data: fewer wake-ups per megabyte.
-
-    Done only once a direction proves busy: most sessions are short, and a
-    big pipe costs kernel memory for as long as it lives.
-    """
-    try:
-        grow_pipe_to(fd, PIPE_SIZE)
-    except OSError:
-        pass  # over /proc/sys/fs/pipe-max-size for this user: keep the default
 
 
 def _pipes() -> tuple[tuple[int, int], tuple[int, int]]:
