@@ -19,21 +19,6 @@ from tests.support.server import wait_for
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def fd_types(pid: int) -> Counter[str]:
-    """pid's open descriptors by type: socket, pipe, anon_inode:[pidfd], or the file's path."""
-    d = f"/proc/{pid}/fd"
-    types: Counter[str] = Counter()
-    for name in os.listdir(d):
-        try:
-            target = os.readlink(f"{d}/{name}")
-        except FileNotFoundError:
-            continue  # closed while we looked
-        if target.startswith(("socket:", "pipe:")):
-            target = target.partition(":")[0]
-        types[target] += 1
-    return types
-
-
 def rss_kib(pid: int) -> int:
     """pid's resident memory (VmRSS) in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -79,7 +64,7 @@ def descendants(pid: int) -> list[int]:
 def snapshot(pid: int) -> Snapshot:
     kids = descendants(pid)
     zombies = [k for k in kids if probes.state(k) == "Z"]
-    return Snapshot(fd_types(pid), len(kids), len(zombies), rss_kib(pid))
+    return Snapshot(probes.fd_kinds(pid), len(kids), len(zombies), rss_kib(pid))
 
 
 def idle(pid: int) -> Snapshot:

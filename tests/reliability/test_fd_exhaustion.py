@@ -12,7 +12,6 @@ import os
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 
 from tests.reliability import observe
 from tests.support import client, probes
-from tests.support.server import S6_TLSSERVER, Running, wait_for
+from tests.support.server import Running, start, wait_for
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -43,23 +42,10 @@ class Limited:
 
     def __call__(self, *options: str, env: dict[str, str] | None = None) -> Running:
         log = self.tmp / f"server{len(self.started)}.log"
-        argv = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--", S6_TLSSERVER, "-1", "-H"]
-        argv += ["-c", "200", "-C", "200", *options, "127.0.0.1", "0", "/bin/cat"]
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env={"PATH": "/usr/bin:/bin", **(env or self.pki.env())},
-                start_new_session=True,
-            )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        proc.stdout.close()
-        srv = Running(proc, int(line) if line else 0, log)  # prlimit execs: same pid
+        args = ["-H", "-c", "200", "-C", "200", *options, "127.0.0.1", "0", "/bin/cat"]
+        limit = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"]
+        srv = start(args, env or self.pki.env(), log, wrapper=limit)
         self.started.append(srv)
-        assert line, log.read_text()
         return srv
 
 
@@ -134,7 +120,7 @@ def test_sessions_beyond_the_limit_are_refused_without_leaks(limited):
     for extra in range(4):
         idlers = [probes.raw_connect(srv.port) for _ in range(extra)]
         held = sum(idle.fds.values()) + extra
-        assert wait_for(lambda n=held: sum(observe.fd_types(srv.pid).values()) >= n)
+        assert wait_for(lambda n=held: sum(probes.fd_kinds(srv.pid).values()) >= n)
         sessions: list[ssl.SSLSocket] = []
         refused = None
         for _ in range(NOFILE):

@@ -77,9 +77,14 @@ def start(
     log: Path,
     *,
     notify: bool = True,
+    wrapper: Sequence[str] = (),
 ) -> Running:
-    """Start s6-tlsserver with args (options, ip, port 0, prog) and wait for -1."""
-    argv = [S6_TLSSERVER, *(["-1"] if notify else []), *args]
+    """Start s6-tlsserver with args (options, ip, port 0, prog) and wait for -1.
+
+    wrapper: a command that execs the server (prlimit, setpriv), so that the
+    pid is still the server's.
+    """
+    argv = [*wrapper, S6_TLSSERVER, *(["-1"] if notify else []), *args]
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     with open(log, "wb") as err:
         proc = subprocess.Popen(

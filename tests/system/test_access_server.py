@@ -14,7 +14,6 @@ import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support import client
-from tests.support.server import BIN, S6_TLSSERVER, Running, run_command
+from tests.support.server import BIN, S6_TLSSERVER, Running, run_command, start
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
@@ -508,26 +507,8 @@ def as_nobody() -> Iterator[list[Running]]:
 
 def start_as_nobody(args: list[str], env: dict[str, str], log: Path) -> Running:
     """Start s6-tlsserver with uid and gid 65534 and no groups, and wait for -1."""
-    argv = [
-        "setpriv", "--reuid", NOBODY, "--regid", NOBODY, "--clear-groups",
-        S6_TLSSERVER, "-1", *args,
-    ]  # fmt: skip
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=err,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env},
-            start_new_session=True,
-        )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    proc.stdout.close()
-    if not line:
-        proc.wait(timeout=5)
-        raise RuntimeError(f"server did not start (rc {proc.returncode}): {log.read_text()}")
-    return Running(proc, int(line), log)
+    as_nobody = ["setpriv", "--reuid", NOBODY, "--regid", NOBODY, "--clear-groups"]
+    return start(args, env, log, wrapper=as_nobody)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the server as another user")

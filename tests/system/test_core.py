@@ -153,19 +153,30 @@ def test_verified_by_curl_and_openssl(server, pki, tmp_path):
     assert b"proto=TLSv1.2" in r.stdout
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_notify_writes_port_then_closes_stdout(pki, workers):
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({}, id="one-process"),
+        pytest.param({"S6TLS_WORKERS": "2"}, id="workers"),
+        pytest.param(
+            {"TLS_UID": "65534", "TLS_GID": "65534"},
+            id="privsep",
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="privilege separation needs root"),
+        ),
+    ],
+)
+def test_notify_writes_port_then_closes_stdout(pki, extra):
     from tests.support.server import S6_TLSSERVER
 
     proc = subprocess.Popen(
         [S6_TLSSERVER, "-H", "-1", "127.0.0.1", "0", "/bin/cat"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
-        env={"PATH": "/usr/bin:/bin", "S6TLS_WORKERS": workers, **pki.env()},
+        env={"PATH": "/usr/bin:/bin", **pki.env(), **extra},
         start_new_session=True,
     )
     try:
-        # stdout's end of file must come (workers and helpers keep none of it)
+        # stdout's end of file must come (workers and the root helper keep none of it)
         out = b""
         while select.select([proc.stdout], [], [], 5)[0]:
             if not (chunk := os.read(proc.stdout.fileno(), 100)):
