@@ -158,4 +158,4 @@ def test_the_largest_c_serves_and_frees_slots(server):
         with client.connect(srv.port) as s:
             assert client.read_all(s)[0] == b"hi\n"
     assert srv.wait_log("end pid", count=3)
-    assert srv.log().count("status: 0/16384") == 4  # at the start, and after each end
+    assert srv.wait_log("status: 0/16384", count=4)  # at the start, and after each end
