@@ -180,7 +180,7 @@ def start(
     if workers == 1:
         split([listener.fileno(), *limits.fds()])
         return Server(service, listener, limits).serve
-    pids = start_workers(service, listener, limits, workers, split)
+    pool = start_workers(service, listener, limits, workers, split)
     if ids:
         drop_privileges(*ids)
-    return partial(supervise, service, limits, pids)
+    return partial(supervise, service, limits, pool)

@@ -115,12 +115,18 @@ class Server:
     """
 
     def __init__(
-        self, service: Service, listener: socket.socket, limits: Limits, announce: bool = True
+        self,
+        service: Service,
+        listener: socket.socket,
+        limits: Limits,
+        announce: bool = True,
+        stopped_accepting: Callable[[], None] = lambda: None,
     ) -> None:
         self.service = service
         self.listener = listener
         self.limits = limits
         self.announce = announce
+        self.stopped_accepting = stopped_accepting  # a worker tells its supervisor
         self.sessions = Sessions(service)
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
@@ -198,6 +204,7 @@ class Server:
         acceptor.kill()
         self.listener.close()
         if not self.announce:
+            self.stopped_accepting()
             self.sessions.greenlets.join()
             return 0
         self.sessions.detach()

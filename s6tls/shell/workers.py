@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 import gevent
@@ -33,14 +34,22 @@ from s6tls.shell.server import REACTIONS, Server, die_of_sigint
 from s6tls.shell.service import Service
 
 
+@dataclass
+class Workers:
+    """The supervisor's view of its workers."""
+
+    pids: list[int]
+    accepting: int  # end-of-file once no worker accepts any more
+
+
 def start_workers(
     service: Service,
     listener: socket.socket,
     limits: Limits,
     count: int,
     in_worker: Callable[[list[int]], None],
-) -> list[int]:
-    """Fork count workers that accept on listener; their pids.
+) -> Workers:
+    """Fork count workers that accept on listener.
 
     ``in_worker(fds)`` runs first in each worker; fds are what a process
     that never accepts can close.
@@ -48,22 +57,36 @@ def start_workers(
     # Only the supervisor keeps the writing end, open till it exits: its
     # end-of-file tells the workers that the supervisor is gone.
     alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+    # Only the workers keep this one's writing end, each until it has closed
+    # the listening socket: at its end-of-file, nothing accepts any more.
+    accepting_r, accepting_w = os.pipe2(os.O_CLOEXEC)
     workers = []
     for _ in range(count):
         pid = fork_gevent()
         if pid == 0:
             os.close(alive_w)
+            os.close(accepting_r)
             to_null(1)  # -1: only the supervisor holds the stdout whose end is awaited
-            in_worker([listener.fileno(), alive_r, *limits.fds()])
-            _work(service, listener, limits, alive_r)
+            in_worker([listener.fileno(), alive_r, accepting_w, *limits.fds()])
+            _work(service, listener, limits, alive_r, accepting_w)
         workers.append(pid)
     os.close(alive_r)
+    os.close(accepting_w)
     listener.close()
-    return workers
+    return Workers(workers, accepting_r)
 
 
-def supervise(service: Service, limits: Limits, workers: list[int]) -> int:
-    """Pass signals on to the workers until told to quit; the exit code."""
+# How long the supervisor, told to quit, waits for the workers to stop accepting.
+STOP_ACCEPTING_SECONDS = 5.0
+
+
+def supervise(service: Service, limits: Limits, pool: Workers) -> int:
+    """Pass signals on to the workers until told to quit; the exit code.
+
+    It exits once the listening socket is closed in every worker, so that
+    when the supervised process is gone, no connection is accepted.
+    """
+    workers = pool.pids
     log = service.log
     quitting: AsyncResult[int] = AsyncResult()  # the signal, or 0: no worker left
 
@@ -92,6 +115,8 @@ def supervise(service: Service, limits: Limits, workers: list[int]) -> int:
     watchers = [gevent.spawn(watch, pid) for pid in workers]
     signum = quitting.get()
     gevent.killall(watchers)
+    with gevent.Timeout(STOP_ACCEPTING_SECONDS, False):
+        _wait_end(pool.accepting)
     if signum == 0:
         log.fatal("no worker left")
         return 111
@@ -111,9 +136,21 @@ def _reap(pid: int) -> None:
     os.waitpid(pid, 0)
 
 
-def _work(service: Service, listener: socket.socket, limits: Limits, alive: int) -> NoReturn:
+def _wait_end(fd: int) -> None:
+    """Wait cooperatively for the end-of-file of the pipe fd."""
+    while True:
+        wait_read(fd)
+        if not os.read(fd, 1):
+            return
+
+
+def _work(
+    service: Service, listener: socket.socket, limits: Limits, alive: int, accepting: int
+) -> NoReturn:
     """A worker: accept and serve until a quitting signal, or the supervisor's end."""
-    server = Server(service, listener, limits, announce=False)
+    server = Server(
+        service, listener, limits, announce=False, stopped_accepting=lambda: os.close(accepting)
+    )
 
     def orphaned() -> None:
         wait_read(alive)
