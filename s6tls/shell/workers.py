@@ -8,10 +8,10 @@ exact because every worker counts in the same shared table
 
 The first process only supervises. It logs the signals it gets and passes
 them on: each worker signals its own progs, or stops accepting, finishes its
-sessions and exits, while the supervisor exits as soon as no worker
-accepts any more. A worker whose
-supervisor vanished (its pipe reads end-of-file) does the same. If a worker
-dies, its slots are given back; with none left, the server exits 111.
+sessions and exits, while the supervisor exits as soon as no worker accepts
+any more. A worker whose supervisor vanished (its pipe reads end-of-file)
+does the same. If a worker dies, its slots are given back; with none left,
+the server exits 111.
 """
 
 from __future__ import annotations
