@@ -113,6 +113,10 @@ def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path
         "down MB/s",
         "up MB/s",
         "echo MB/s",
+        "down: server CPU µs/MiB",
+        "down: prog CPU µs/MiB",
+        "down: client CPU µs/MiB",
+        "down: machine idle %",
         "KiB per idle session",
     ):
         cells = [c for c in _row(stdout, label) if not c.startswith("(") and c != "!"]

@@ -1,4 +1,4 @@
-"""Server-side memory (PSS) and CPU time, read from /proc.
+"""Server-side memory (PSS) and CPU time, and the machine's idle time, read from /proc.
 
 The server side of a server under test is its own process plus every
 descendant still running the same executable: socat's per-connection forks
@@ -36,19 +36,30 @@ def _exe(pid: int) -> str | None:
         return None
 
 
-def server_pids(root: int) -> list[int]:
-    """root and its descendants that run root's executable."""
+def _split(root: int) -> tuple[list[int], list[int]]:
+    """root's side (root and its descendants that run root's executable), and the rest
+    of its descendants (the progs)."""
     parents = _parents()
     exe = _exe(root)
     found, frontier = [root], [root]
+    others: list[int] = []
     while frontier:
         parent = frontier.pop()
         for pid, ppid in parents.items():
             if ppid == parent:
                 frontier.append(pid)
-                if _exe(pid) == exe:
-                    found.append(pid)
-    return found
+                (found if _exe(pid) == exe else others).append(pid)
+    return found, others
+
+
+def server_pids(root: int) -> list[int]:
+    """root and its descendants that run root's executable."""
+    return _split(root)[0]
+
+
+def progs_left(root: int) -> int:
+    """How many of root's descendants run another executable (progs not yet reaped)."""
+    return len(_split(root)[1])
 
 
 def pss_kib(pid: int) -> int:
@@ -86,3 +97,10 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     own = (int(fields[11]) + int(fields[12])) / _TICK
     children = (int(fields[13]) + int(fields[14])) / _TICK
     return own, children
+
+
+def machine_ticks() -> tuple[int, int]:
+    """The whole machine's CPU ticks since boot: idle (with iowait), and all."""
+    first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    user, nice, system, idle, iowait, irq, softirq, steal = map(int, first[1:9])
+    return idle + iowait, user + nice + system + idle + iowait + irq + softirq + steal

@@ -68,7 +68,9 @@ def _rows(plan: Plan) -> list[Row]:
     for workload in ("down", "up", "echo"):
         rows.append(Row(f"{workload} MB/s ({mib[workload] >> 20} MiB)", workload, "mbps", True))
     for workload in ("down", "up", "echo"):
-        rows.append(Row(f"{workload}: server CPU µs/MiB", workload, "server_cpu_us_per_mib"))
+        for who in ("server", "prog", "client"):
+            rows.append(Row(f"{workload}: {who} CPU µs/MiB", workload, f"{who}_cpu_us_per_mib"))
+        rows.append(Row(f"{workload}: machine idle %", workload, "machine_idle_pct"))
     rows.append(Row(f"KiB per idle session (N={plan.idle})", "idle", "kib_per_session"))
     return rows
 

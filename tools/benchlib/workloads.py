@@ -82,6 +82,17 @@ def _rotated(kinds: Sequence[Kind], run: int) -> list[Kind]:
     return [*kinds[k:], *kinds[:k]]
 
 
+def _reaped(root: int, wait: float = 5.0) -> bool:
+    """Wait until the server has reaped the prog of a finished session (its CPU
+    time then counts among the server's children's); whether it did."""
+    deadline = time.monotonic() + wait
+    while memory.progs_left(root):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
 def _share(result: dict[str, Any]) -> float:
     """The client's CPU time as a share of one core over its measuring time."""
     wall = float(result["wall"])
@@ -211,22 +222,32 @@ class Bench:
         else:
             options = ["--send", str(size), "--half-close", "--expect", str(size)]
         timeout = size / 5e6 + 60
-        own0, _ = memory.server_cpu_seconds(server.pid)
+        own0, children0 = memory.server_cpu_seconds(server.pid)
+        idle0, all0 = memory.machine_ticks()
         result = self.client.run(
             self.client.argv("transfer", server.port, kind.tls, *options), timeout
         )
+        idle1, all1 = memory.machine_ticks()
         own1, _ = memory.server_cpu_seconds(server.pid)
+        reaped = _reaped(server.pid)
+        _, children1 = memory.server_cpu_seconds(server.pid)
         elapsed = float(result["elapsed"])
+        mib = size / MIB
         sample: Sample = {
             "mbps": size / elapsed / 1e6 if elapsed > 0 else 0.0,
             "seconds": elapsed,
             "errors": int(result["errors"]),
             "client_cpu": _share(result),
+            "client_cpu_us_per_mib": float(result["cpu"]) / mib * 1e6,
+            # Whether the machine had CPU to spare: this much of it stayed idle.
+            "machine_idle_pct": 100 * (idle1 - idle0) / max(all1 - all0, 1),
             "protocol": result["protocol"],
             "cipher": result["cipher"],
         }
         if kind.name not in ("socat", "tcpserver"):  # their relaying runs in per-connection forks
-            sample["server_cpu_us_per_mib"] = (own1 - own0) / (size / MIB) * 1e6
+            sample["server_cpu_us_per_mib"] = (own1 - own0) / mib * 1e6
+        if kind.name != "socat" and reaped:  # socat's forks reap the progs: no split there
+            sample["prog_cpu_us_per_mib"] = (children1 - children0) / mib * 1e6
         self.results.add(workload, kind.name, sample)
         self.say(f"  {workload:14} {kind.label:10} {sample['mbps']:8.1f} MB/s", verbose=True)
 
