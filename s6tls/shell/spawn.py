@@ -53,12 +53,20 @@ class LocalChild:
             pass
 
     def wait(self) -> int | None:
-        wait_read(self._pidfd)
-        os.close(self._pidfd)
-        try:
-            return os.waitpid(self.pid, 0)[1]
-        except ChildProcessError:
-            return None
+        return reap(self._pidfd, self.pid)
+
+
+def reap(pidfd: int, pid: int) -> int | None:
+    """Wait cooperatively for child pid's end through its pidfd (closed here),
+    and reap it: its wait status, or None if another reaper took it."""
+    try:
+        wait_read(pidfd)
+    finally:
+        os.close(pidfd)
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:
+        return None
 
 
 def start_on_pipes(start: Callable[[int, int], int]) -> tuple[int, int, int]:

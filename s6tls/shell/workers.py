@@ -33,6 +33,7 @@ from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
 from s6tls.shell.server import REACTIONS, Server, die_of_sigint
 from s6tls.shell.service import Service
+from s6tls.shell.spawn import reap
 
 
 @dataclass
@@ -104,7 +105,7 @@ def supervise(service: Service, limits: Limits, pool: Workers) -> int:
             quitting.set(signum)
 
     def watch(pid: int) -> None:
-        _reap(pid)
+        reap(os.pidfd_open(pid), pid)
         workers.remove(pid)
         freed = limits.reclaim(pid)
         log.warning(f"worker {pid} is gone; {freed} of its slots given back")
@@ -125,16 +126,6 @@ def supervise(service: Service, limits: Limits, pool: Workers) -> int:
         die_of_sigint()
     log.info("exiting")
     return 0
-
-
-def _reap(pid: int) -> None:
-    """Wait cooperatively for child pid's end (through a pidfd), and reap it."""
-    fd = os.pidfd_open(pid)
-    try:
-        wait_read(fd)
-    finally:
-        os.close(fd)
-    os.waitpid(pid, 0)
 
 
 def _wait_end(fd: int) -> None:
