@@ -1,21 +1,23 @@
-/* bench_client: the load client of tools/bench, on OpenSSL, one JSON line out.
+/* bench_client: the load client of tools/bench: one process, one epoll loop,
+ * non-blocking OpenSSL, one JSON line out.
  *
  *   bench_client sessions HOST PORT [--conc N] [--seconds S] [--warmup S]
  *                [--count N] [--resume] [--line TEXT]
- *       Sessions back to back on N threads: connect, handshake, send one line,
- *       read to EOF. Rate, p50/p99 latency, how many were resumed. The window
- *       of S seconds opens after --warmup and once every thread ended a session.
+ *       N sessions in flight, each followed at once by the next: connect,
+ *       handshake, send one line, read to EOF. Rate, p50/p99 latency, how many
+ *       were resumed. The window of S seconds opens after --warmup and once
+ *       every one of the N lanes ended a session.
  *   bench_client transfer HOST PORT [--send BYTES] [--expect BYTES] [--half-close]
  *       One session: send BYTES while reading, then (--half-close) close_notify
  *       and FIN, and read to the server's EOF; the clock runs from the end of
  *       the handshake to that EOF.
  *   bench_client idle HOST PORT --count N [--conc N]
- *       Open N sessions (on --conc threads), echo one line on each, print a
+ *       Open N sessions (N at a time in flight), echo one line on each, print a
  *       "ready" line, keep them open until stdin ends, then close them.
  *
  * Common options: --plain (TCP, no TLS), --tls-version 1.2|1.3.
- * The client's own CPU time (getrusage) is reported so the bench can show
- * that the client was not the bottleneck.
+ * The client's own CPU time (getrusage) is reported, so the bench can show
+ * how much of the machine the client took from the servers under test.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -24,13 +26,11 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
-#include <limits.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -43,11 +43,6 @@ static const char *host = "127.0.0.1";
 static int port;
 static int plain;
 static SSL_CTX *ctx;
-
-typedef struct {
-    int fd;
-    SSL *ssl;
-} conn_t;
 
 static double now(void) {
     struct timespec ts;
@@ -67,81 +62,41 @@ static void die(const char *what) {
     exit(111);
 }
 
-static int tcp_connect(void) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+/* A TCP socket connecting to host:port; non-blocking unless `blocking`.
+ * *connected says whether the connection is already up. -1 on failure. */
+static int tcp_connect(int blocking, int *connected) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (blocking ? 0 : SOCK_NONBLOCK), 0);
     if (fd < 0) return -1;
     int one = 1;
     /* The client never delays its own segments: Nagle is the server's business. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
     inet_pton(AF_INET, host, &sa.sin_addr);
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    *connected = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (!*connected && (blocking || errno != EINPROGRESS)) {
         close(fd);
         return -1;
     }
     return fd;
 }
 
-/* Connect and handshake (blocking). 0 on success. */
-static int conn_open(conn_t *c, SSL_SESSION *session) {
-    c->ssl = NULL;
-    c->fd = tcp_connect();
-    if (c->fd < 0) return -1;
-    if (plain) return 0;
-    c->ssl = SSL_new(ctx);
-    SSL_set_fd(c->ssl, c->fd);
-    SSL_set_tlsext_host_name(c->ssl, "localhost");
-    if (session) SSL_set_session(c->ssl, session);
-    if (SSL_connect(c->ssl) != 1) {
-        SSL_free(c->ssl);
-        c->ssl = NULL;
-        close(c->fd);
-        return -1;
-    }
-    return 0;
+static SSL *tls_new(int fd, SSL_SESSION *session) {
+    SSL *ssl = SSL_new(ctx);
+    if (!ssl) die("SSL_new");
+    SSL_set_fd(ssl, fd);
+    SSL_set_connect_state(ssl);
+    SSL_set_tlsext_host_name(ssl, "localhost");
+    if (session) SSL_set_session(ssl, session);
+    return ssl;
 }
 
-static void conn_close(conn_t *c) {
-    if (c->ssl) {
-        /* Count the session as properly ended (keeps it resumable), send nothing. */
-        SSL_set_shutdown(c->ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
-        SSL_free(c->ssl);
+/* Close a session without a close_notify, keeping it resumable. */
+static void tls_close(int fd, SSL *ssl) {
+    if (ssl) {
+        SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN | SSL_RECEIVED_SHUTDOWN);
+        SSL_free(ssl);
     }
-    if (c->fd >= 0) close(c->fd);
-    c->ssl = NULL;
-    c->fd = -1;
-}
-
-/* Blocking read: >0 bytes, 0 at EOF (close_notify or FIN), -1 on error. */
-static long conn_read(conn_t *c, char *buf, size_t n) {
-    if (!c->ssl) {
-        ssize_t r;
-        do r = read(c->fd, buf, n);
-        while (r < 0 && errno == EINTR);
-        return r;
-    }
-    int r = SSL_read(c->ssl, buf, (int)n);
-    if (r > 0) return r;
-    int e = SSL_get_error(c->ssl, r);
-    ERR_clear_error();
-    return e == SSL_ERROR_ZERO_RETURN ? 0 : -1;
-}
-
-static int conn_write_all(conn_t *c, const char *buf, size_t n) {
-    while (n) {
-        long w;
-        if (c->ssl) {
-            w = SSL_write(c->ssl, buf, (int)n);
-            if (w <= 0) return -1;
-        } else {
-            w = write(c->fd, buf, n);
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0) return -1;
-        }
-        buf += w;
-        n -= (size_t)w;
-    }
-    return 0;
+    if (fd >= 0) close(fd);
 }
 
 static const char *resume_kind(SSL *ssl) {
@@ -150,13 +105,135 @@ static const char *resume_kind(SSL *ssl) {
     return s && SSL_SESSION_has_ticket(s) ? "TLSv1.2 ticket" : "TLSv1.2 session id";
 }
 
-static void print_tls(SSL *ssl) {
-    if (!ssl) {
-        printf("\"protocol\": \"TCP\", \"cipher\": \"-\"");
-        return;
+static char first_protocol[64] = "", first_cipher[128] = "", kind[64] = "";
+
+static void note_tls(SSL *ssl) {
+    if (!first_protocol[0]) {
+        snprintf(first_protocol, sizeof first_protocol, "%s", SSL_get_version(ssl));
+        snprintf(first_cipher, sizeof first_cipher, "%s",
+                 SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
     }
-    printf("\"protocol\": \"%s\", \"cipher\": \"%s\"", SSL_get_version(ssl),
-           SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+    if (!kind[0] && SSL_session_reused(ssl))
+        snprintf(kind, sizeof kind, "%s", resume_kind(ssl));
+}
+
+static void print_tls(void) {
+    if (plain) printf("\"protocol\": \"TCP\", \"cipher\": \"-\"");
+    else printf("\"protocol\": \"%s\", \"cipher\": \"%s\"", first_protocol, first_cipher);
+}
+
+/* ---- lanes: one session at a time each, all driven by one epoll loop */
+
+typedef enum { IDLE, CONNECTING, HANDSHAKING, WRITING, READING, HELD } state_t;
+typedef enum { WAIT, DONE, FAILED } step_t;
+
+typedef struct {
+    int fd;
+    SSL *ssl;
+    state_t state;
+    size_t sent, got;
+    size_t hold_after; /* idle mode: read this much, then hold the session */
+    double t0;
+    int sampled;
+    SSL_SESSION *session; /* the last session, to resume (--resume) */
+} lane_t;
+
+static int epfd;
+static const char *line = "s6tls bench\n";
+
+static int lane_start(lane_t *l, size_t hold_after, int resume) {
+    int connected;
+    l->fd = tcp_connect(0, &connected);
+    if (l->fd < 0) return -1;
+    l->ssl = plain ? NULL : tls_new(l->fd, resume ? l->session : NULL);
+    l->state = connected ? (plain ? WRITING : HANDSHAKING) : CONNECTING;
+    l->sent = l->got = 0;
+    l->hold_after = hold_after;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = l};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, l->fd, &ev) < 0) die("epoll_ctl");
+    return 0;
+}
+
+static void lane_close(lane_t *l, int resume) {
+    if (l->ssl && resume) {
+        SSL_SESSION *next = SSL_get1_session(l->ssl);
+        if (next) {
+            if (l->session) SSL_SESSION_free(l->session);
+            l->session = next;
+        }
+    }
+    tls_close(l->fd, l->ssl); /* close() also takes the fd out of epoll */
+    l->fd = -1;
+    l->ssl = NULL;
+    l->state = IDLE;
+}
+
+/* WAIT unless the SSL call failed for good. */
+static step_t tls_wait(SSL *ssl, int r) {
+    int e = SSL_get_error(ssl, r);
+    ERR_clear_error();
+    return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? WAIT : FAILED;
+}
+
+/* Drive a lane as far as it goes without waiting (epoll is edge-triggered). */
+static step_t lane_step(lane_t *l) {
+    char buf[4096];
+    size_t want = strlen(line);
+    for (;;) switch (l->state) {
+        case CONNECTING: {
+            int err = 0;
+            socklen_t len = sizeof err;
+            if (getsockopt(l->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0 || err) return FAILED;
+            l->state = plain ? WRITING : HANDSHAKING;
+            break;
+        }
+        case HANDSHAKING: {
+            int r = SSL_do_handshake(l->ssl);
+            if (r != 1) return tls_wait(l->ssl, r);
+            l->state = WRITING;
+            break;
+        }
+        case WRITING: {
+            const char *text = l->hold_after ? "x\n" : line;
+            size_t n = l->hold_after ? 2 : want;
+            long w;
+            if (l->ssl) {
+                w = SSL_write(l->ssl, text + l->sent, (int)(n - l->sent));
+                if (w <= 0) return tls_wait(l->ssl, (int)w);
+            } else {
+                w = write(l->fd, text + l->sent, n - l->sent);
+                if (w < 0) return errno == EAGAIN || errno == EINTR ? WAIT : FAILED;
+            }
+            l->sent += (size_t)w;
+            if (l->sent == n) l->state = READING;
+            break;
+        }
+        case READING: {
+            long r;
+            if (l->ssl) {
+                r = SSL_read(l->ssl, buf, sizeof buf);
+                if (r <= 0) {
+                    int e = SSL_get_error(l->ssl, (int)r);
+                    ERR_clear_error();
+                    if (e == SSL_ERROR_ZERO_RETURN) r = 0;
+                    else return e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? WAIT
+                                                                                       : FAILED;
+                }
+            } else {
+                r = read(l->fd, buf, sizeof buf);
+                if (r < 0) return errno == EAGAIN || errno == EINTR ? WAIT : FAILED;
+            }
+            if (r == 0) return l->hold_after || l->got != want ? FAILED : DONE;
+            l->got += (size_t)r;
+            if (l->hold_after && l->got >= l->hold_after) {
+                l->state = HELD;
+                return DONE;
+            }
+            break;
+        }
+        default:
+            return WAIT;
+    }
 }
 
 /* ---- sessions */
@@ -165,105 +242,19 @@ static int conc = 1;
 static double seconds = 1.0, warmup = 0.0;
 static long max_count = 0;
 static int resume;
-static const char *line = "s6tls bench\n";
-/* The measuring window, in ns of CLOCK_MONOTONIC; set by the main thread once
- * warm (both start unreachable). */
-static atomic_llong window_start = LLONG_MAX, window_end = LLONG_MAX;
-static atomic_int warmed_threads;
-static atomic_long started;
-
-static pthread_mutex_t first_lock = PTHREAD_MUTEX_INITIALIZER;
-static char first_protocol[64] = "", first_cipher[128] = "", kind[64] = "";
 
 typedef struct {
-    double *lat;
+    double *v;
     long n, cap;
-    long done;   /* sessions that ended in the window */
-    long errors, resumed, short_reads;
-    long total; /* completed sessions, warm-up and tail included */
-} worker_t;
+} samples_t;
 
-static void record(worker_t *w, double latency) {
-    if (w->n == w->cap) {
-        w->cap = w->cap ? w->cap * 2 : 1024;
-        w->lat = realloc(w->lat, (size_t)w->cap * sizeof *w->lat);
-        if (!w->lat) die("realloc");
+static void record(samples_t *s, double latency) {
+    if (s->n == s->cap) {
+        s->cap = s->cap ? s->cap * 2 : 4096;
+        s->v = realloc(s->v, (size_t)s->cap * sizeof *s->v);
+        if (!s->v) die("realloc");
     }
-    w->lat[w->n++] = latency;
-}
-
-static long long ns(double t) { return (long long)(t * 1e9); }
-
-/* Within the measuring window: a session counts towards the rate when it ends
- * inside the window, and gives a latency sample when it starts inside it (it is
- * finished after the window if need be, so long sessions are not censored).
- * With --count, every session counts. */
-static void *session_worker(void *arg) {
-    worker_t *w = arg;
-    SSL_SESSION *session = NULL;
-    size_t want = strlen(line);
-    char buf[4096];
-    int warmed = 0;
-    for (;;) {
-        double t0 = now();
-        if (ns(t0) >= atomic_load(&window_end)) break;
-        if (max_count && atomic_fetch_add(&started, 1) >= max_count) break;
-        int sampled = max_count || ns(t0) >= atomic_load(&window_start);
-        conn_t c;
-        int failed = conn_open(&c, resume ? session : NULL) < 0;
-        size_t got = 0;
-        long r = -1;
-        if (!failed && conn_write_all(&c, line, want) == 0)
-            while ((r = conn_read(&c, buf, sizeof buf)) > 0) got += (size_t)r;
-        double t1 = now();
-        int ok = !failed && r == 0 && got == want;
-        if (ok) w->total++;
-        if (!warmed) {
-            warmed = 1;
-            atomic_fetch_add(&warmed_threads, 1);
-        }
-        long long end_ns = ns(t1);
-        if (max_count ||
-            (end_ns >= atomic_load(&window_start) && end_ns < atomic_load(&window_end))) {
-            if (ok) w->done++;
-            else if (failed || r < 0) w->errors++;
-            else w->short_reads++;
-        }
-        if (sampled && ok) {
-            record(w, t1 - t0);
-            if (c.ssl && SSL_session_reused(c.ssl)) w->resumed++;
-        }
-        if (failed) continue;
-        if (c.ssl) {
-            pthread_mutex_lock(&first_lock);
-            if (!first_protocol[0]) {
-                snprintf(first_protocol, sizeof first_protocol, "%s", SSL_get_version(c.ssl));
-                snprintf(first_cipher, sizeof first_cipher, "%s",
-                         SSL_CIPHER_get_name(SSL_get_current_cipher(c.ssl)));
-            }
-            if (!kind[0] && SSL_session_reused(c.ssl))
-                snprintf(kind, sizeof kind, "%s", resume_kind(c.ssl));
-            pthread_mutex_unlock(&first_lock);
-            if (resume) {
-                SSL_SESSION *next = SSL_get1_session(c.ssl);
-                if (next) {
-                    if (session) SSL_SESSION_free(session);
-                    session = next;
-                }
-            }
-        }
-        conn_close(&c);
-    }
-    if (session) SSL_SESSION_free(session);
-    return NULL;
-}
-
-static void sleep_until(double t) {
-    double d = t - now();
-    if (d <= 0) return;
-    struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-    }
+    s->v[s->n++] = latency;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -271,70 +262,106 @@ static int cmp_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* A session counts towards the rate when it ends inside the window, and gives
+ * a latency sample when it starts inside it (it is finished after the window
+ * if need be, so long sessions are not censored). With --count, every session
+ * counts. */
 static int run_sessions(void) {
-    pthread_t *threads = calloc((size_t)conc, sizeof *threads);
-    worker_t *workers = calloc((size_t)conc, sizeof *workers);
+    lane_t *lanes = calloc((size_t)conc, sizeof *lanes);
+    struct epoll_event *events = calloc((size_t)conc, sizeof *events);
+    samples_t lat = {0};
+    long started = 0, done = 0, errors = 0, resumed = 0, total = 0, warmed = 0;
+    char *ended_once = calloc((size_t)conc, 1);
     double t0 = now();
-    for (int i = 0; i < conc; i++)
-        if (pthread_create(&threads[i], NULL, session_worker, &workers[i]) != 0)
-            die("pthread_create");
-    double cpu0, wall0, cpu1, wall1;
-    if (max_count) {
-        cpu0 = cpu_seconds(), wall0 = t0;
-        for (int i = 0; i < conc; i++) pthread_join(threads[i], NULL);
-        cpu1 = cpu_seconds(), wall1 = now();
-    } else {
-        /* Warm: the warm-up time is over and every thread has ended a session
-         * (at high concurrency the first wave alone takes a while). */
-        sleep_until(t0 + warmup);
-        while (atomic_load(&warmed_threads) < conc && now() < t0 + warmup + 30)
-            sleep_until(now() + 0.005);
-        cpu0 = cpu_seconds(), wall0 = now();
-        atomic_store(&window_start, ns(wall0));
-        atomic_store(&window_end, ns(wall0 + seconds));
-        sleep_until(wall0 + seconds);
-        cpu1 = cpu_seconds(), wall1 = now();
-        /* Sessions still running finish, so the server is left clean. */
-        for (int i = 0; i < conc; i++) pthread_join(threads[i], NULL);
-    }
+    double window_start = max_count ? t0 : 1e300, window_end = 1e300;
+    double cpu0 = max_count ? cpu_seconds() : 0, cpu1 = 0, wall1 = 0;
+    int stopping = 0, active = 0;
 
-    long n = 0, done = 0, errors = 0, resumed = 0, short_reads = 0, total = 0;
-    for (int i = 0; i < conc; i++) {
-        n += workers[i].n;
-        done += workers[i].done;
-        errors += workers[i].errors;
-        resumed += workers[i].resumed;
-        short_reads += workers[i].short_reads;
-        total += workers[i].total;
+    for (;;) {
+        double t = now();
+        if (!max_count && window_start > 1e299 && t >= t0 + warmup &&
+            (warmed == conc || t >= t0 + warmup + 30)) {
+            window_start = t;
+            window_end = t + seconds;
+            cpu0 = cpu_seconds();
+        }
+        if (!stopping && t >= window_end) {
+            stopping = 1;
+            cpu1 = cpu_seconds(), wall1 = t;
+        }
+        /* Start sessions on idle lanes. */
+        for (int i = 0; i < conc; i++) {
+            lane_t *l = &lanes[i];
+            if (l->state != IDLE || stopping) continue;
+            if (max_count && started >= max_count) continue;
+            started++;
+            l->t0 = now();
+            l->sampled = l->t0 >= window_start;
+            if (lane_start(l, 0, resume) < 0) {
+                if (max_count || (l->t0 >= window_start && l->t0 < window_end)) errors++;
+                continue;
+            }
+            active++;
+        }
+        if (!active) break;
+        /* Wake for the end of the warm-up and of the window; lanes that end
+         * sessions wake the loop anyway. */
+        double until = now() + 1;
+        if (!max_count && !stopping && window_start > 1e299 && now() < t0 + warmup)
+            until = t0 + warmup;
+        else if (!max_count && !stopping && window_start < 1e299)
+            until = window_end;
+        int timeout = (int)((until - now()) * 1000) + 1;
+        if (timeout < 0) timeout = 0;
+        int n = epoll_wait(epfd, events, conc, timeout);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        for (int k = 0; k < n; k++) {
+            lane_t *l = events[k].data.ptr;
+            if (l->state == IDLE) continue;
+            step_t s = lane_step(l);
+            if (s == WAIT) continue;
+            double t1 = now();
+            int ok = s == DONE;
+            if (ok) total++;
+            int i = (int)(l - lanes);
+            if (!ended_once[i]) ended_once[i] = 1, warmed++;
+            if (max_count || (t1 >= window_start && t1 < window_end)) {
+                if (ok) done++;
+                else errors++;
+            }
+            if (l->ssl && ok) {
+                note_tls(l->ssl);
+                if (l->sampled && SSL_session_reused(l->ssl)) resumed++;
+            }
+            if (l->sampled && ok) record(&lat, t1 - l->t0);
+            lane_close(l, resume);
+            active--;
+        }
     }
-    double *all = malloc((size_t)(n ? n : 1) * sizeof *all);
-    long k = 0;
-    for (int i = 0; i < conc; i++) {
-        memcpy(all + k, workers[i].lat, (size_t)workers[i].n * sizeof *all);
-        k += workers[i].n;
-        free(workers[i].lat);
-    }
-    qsort(all, (size_t)n, sizeof *all, cmp_double);
-    double elapsed = wall1 - wall0;
-    double p50 = n ? all[(long)(0.50 * (double)(n - 1))] : 0;
-    double p99 = n ? all[(long)(0.99 * (double)(n - 1))] : 0;
+    if (max_count) cpu1 = cpu_seconds(), wall1 = now();
+    double start = max_count ? t0 : window_start;
+    qsort(lat.v, (size_t)lat.n, sizeof *lat.v, cmp_double);
+    double elapsed = wall1 - start;
+    double p50 = lat.n ? lat.v[(long)(0.50 * (double)(lat.n - 1))] : 0;
+    double p99 = lat.n ? lat.v[(long)(0.99 * (double)(lat.n - 1))] : 0;
+    long counted = max_count ? lat.n : done;
     printf("{\"mode\": \"sessions\", \"sessions\": %ld, \"samples\": %ld, \"elapsed\": %.6f, "
-           "\"rate\": %.3f, "
-           "\"p50_ms\": %.4f, \"p99_ms\": %.4f, \"errors\": %ld, \"short_reads\": %ld, "
-           "\"resumed\": %ld, \"resume_kind\": \"%s\", \"total\": %ld, \"cpu\": %.6f, "
-           "\"wall\": %.6f, ",
-           max_count ? n : done, n, elapsed,
-           elapsed > 0 ? (double)(max_count ? n : done) / elapsed : 0, p50 * 1e3, p99 * 1e3, errors,
-           short_reads, resumed, kind, total, cpu1 - cpu0, wall1 - wall0);
-    if (plain) printf("\"protocol\": \"TCP\", \"cipher\": \"-\"}\n");
-    else printf("\"protocol\": \"%s\", \"cipher\": \"%s\"}\n", first_protocol, first_cipher);
-    free(all);
-    free(threads);
-    free(workers);
+           "\"rate\": %.3f, \"p50_ms\": %.4f, \"p99_ms\": %.4f, \"errors\": %ld, "
+           "\"short_reads\": 0, \"resumed\": %ld, \"resume_kind\": \"%s\", \"total\": %ld, "
+           "\"cpu\": %.6f, \"wall\": %.6f, ",
+           counted, lat.n, elapsed, elapsed > 0 ? (double)counted / elapsed : 0, p50 * 1e3,
+           p99 * 1e3, errors, resumed, kind, total, cpu1 - cpu0, elapsed);
+    print_tls();
+    printf("}\n");
     return 0;
 }
 
 /* ---- transfer */
+
+typedef struct {
+    int fd;
+    SSL *ssl;
+} conn_t;
 
 static long long send_total, expect_total = -1;
 static int half_close;
@@ -342,11 +369,20 @@ static int half_close;
 static int run_transfer(void) {
     static char sbuf[1 << 16], rbuf[1 << 18];
     memset(sbuf, 'x', sizeof sbuf);
-    conn_t c;
-    if (conn_open(&c, NULL) < 0) {
+    int connected;
+    conn_t c = {tcp_connect(1, &connected), NULL};
+    if (c.fd >= 0 && !plain) {
+        c.ssl = tls_new(c.fd, NULL);
+        if (SSL_connect(c.ssl) != 1) {
+            tls_close(c.fd, c.ssl);
+            c.fd = -1;
+        }
+    }
+    if (c.fd < 0) {
         fprintf(stderr, "bench_client: unable to connect or handshake\n");
         return 111;
     }
+    if (c.ssl) note_tls(c.ssl);
     fcntl(c.fd, F_SETFL, fcntl(c.fd, F_GETFL) | O_NONBLOCK);
     double cpu0 = cpu_seconds(), t0 = now();
     long long sent = 0, got = 0;
@@ -431,72 +467,61 @@ static int run_transfer(void) {
            "\"errors\": %d, \"cpu\": %.6f, \"wall\": %.6f, ",
            sent, got, t1 - t0, error || (expect_total >= 0 && got != expect_total),
            cpu1 - cpu0, t1 - t0);
-    print_tls(c.ssl);
+    print_tls();
     printf("}\n");
-    conn_close(&c);
+    tls_close(c.fd, c.ssl);
     return 0;
 }
 
 /* ---- idle */
 
-typedef struct {
-    conn_t *conns;
-    long from, to, ok, errors;
-} opener_t;
-
-/* Open conns[from..to), each with one line there and back: prog runs, the relay is set up. */
-static void *open_idle(void *arg) {
-    opener_t *o = arg;
-    char buf[8];
-    for (long i = o->from; i < o->to; i++) {
-        conn_t *c = &o->conns[i];
-        if (conn_open(c, NULL) < 0) {
-            c->fd = -1;
-            o->errors++;
-            continue;
-        }
-        size_t got = 0;
-        if (conn_write_all(c, "x\n", 2) == 0)
-            while (got < 2) {
-                long r = conn_read(c, buf + got, 2 - got);
-                if (r <= 0) break;
-                got += (size_t)r;
-            }
-        if (got == 2) o->ok++;
-        else o->errors++;
-    }
-    return NULL;
-}
-
 static int run_idle(long count) {
-    conn_t *conns = calloc((size_t)(count ? count : 1), sizeof *conns);
-    int n = count < conc ? (int)(count ? count : 1) : conc;
-    pthread_t *threads = calloc((size_t)n, sizeof *threads);
-    opener_t *openers = calloc((size_t)n, sizeof *openers);
-    for (int t = 0; t < n; t++) {
-        openers[t] = (opener_t){conns, count * t / n, count * (t + 1) / n, 0, 0};
-        if (pthread_create(&threads[t], NULL, open_idle, &openers[t]) != 0) die("pthread_create");
-    }
-    long ok = 0, errors = 0;
-    for (int t = 0; t < n; t++) {
-        pthread_join(threads[t], NULL);
-        ok += openers[t].ok;
-        errors += openers[t].errors;
+    lane_t *lanes = calloc((size_t)(count ? count : 1), sizeof *lanes);
+    struct epoll_event *events = calloc((size_t)conc, sizeof *events);
+    long next = 0, ok = 0, errors = 0;
+    int active = 0;
+    while (next < count || active) {
+        while (next < count && active < conc) {
+            lane_t *l = &lanes[next++];
+            if (lane_start(l, 2, 0) < 0) {
+                l->fd = -1;
+                errors++;
+            } else {
+                active++;
+            }
+        }
+        int n = epoll_wait(epfd, events, conc, 60000);
+        if (n < 0 && errno != EINTR) die("epoll_wait");
+        if (n == 0) {
+            fprintf(stderr, "bench_client: no progress opening idle sessions for 60 s\n");
+            return 111;
+        }
+        for (int k = 0; k < n; k++) {
+            lane_t *l = events[k].data.ptr;
+            if (l->state == HELD || l->state == IDLE) continue;
+            step_t s = lane_step(l);
+            if (s == WAIT) continue;
+            active--;
+            if (s == DONE) {
+                ok++;
+                if (l->ssl) note_tls(l->ssl);
+                epoll_ctl(epfd, EPOLL_CTL_DEL, l->fd, NULL);
+            } else {
+                errors++;
+                lane_close(l, 0);
+                l->fd = -1;
+            }
+        }
     }
     printf("{\"mode\": \"idle\", \"ready\": %ld, \"errors\": %ld, ", ok, errors);
-    SSL *any = NULL;
-    for (long i = 0; i < count && !any; i++) any = conns[i].fd >= 0 ? conns[i].ssl : NULL;
-    print_tls(any);
+    print_tls();
     printf("}\n");
     fflush(stdout);
     char buf[64];
     while (read(0, buf, sizeof buf) > 0) {
     }
     for (long i = 0; i < count; i++)
-        if (conns[i].fd >= 0) conn_close(&conns[i]);
-    free(conns);
-    free(threads);
-    free(openers);
+        if (lanes[i].fd >= 0) lane_close(&lanes[i], 0);
     return 0;
 }
 
@@ -529,7 +554,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--expect")) expect_total = atoll(v), i++;
         else usage();
     }
-    if (conc < 1) usage();
+    if (conc < 1 || !*line) usage();
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -542,13 +567,14 @@ int main(int argc, char **argv) {
         /* Servers that half-close with a bare FIN (s6-tlsserver -s) end cleanly. */
         SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        /* Whole records per read(): a third of the system calls. */
+        SSL_CTX_set_read_ahead(ctx, 1);
         if (version && !strcmp(version, "1.2")) SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
         if (version && !strcmp(version, "1.3")) SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
     }
-    if (!strcmp(mode, "sessions")) {
-        if (max_count) seconds = 1e9;
-        return run_sessions();
-    }
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0) die("epoll_create1");
+    if (!strcmp(mode, "sessions")) return run_sessions();
     if (!strcmp(mode, "transfer")) return run_transfer();
     if (!strcmp(mode, "idle")) return run_idle(count);
     usage();
