@@ -19,6 +19,7 @@ from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse, unsigned
 from s6tls.rules import CdbRules, DirRules
+from s6tls.shell.descriptors import raise_for
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
 from s6tls.shell.names import Resolver
@@ -139,10 +140,13 @@ def main() -> None:
     try:
         check_environment(opts, env)
         workers = worker_count(env)
+        short = raise_for(opts.maxconn)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
         ids = parse_ids(env) if separates_privileges(env) else None
         ip, port = listener.getsockname()[:2]
+        if short:
+            service.log.warning(short)
         serve = start(service, listener, workers, ids)
     except S6tlsError as e:
         fail(e)

@@ -18,6 +18,7 @@ from s6tls.environ import Connection
 from s6tls.launch import prog_command
 from s6tls.options import Options
 from s6tls.rules import Rule
+from s6tls.shell.descriptors import start_prog
 from s6tls.sslvars import TlsInfo
 
 
@@ -104,7 +105,8 @@ def _pipes() -> tuple[tuple[int, int], tuple[int, int]]:
 
 def spawn_on(argv: Sequence[str], env: Mapping[str, str], stdin: int, stdout: int) -> int:
     """Start argv (looked up in PATH) on these fds 0 and 1, stderr shared; its pid."""
-    try:
+
+    def spawn(stdin: int, stdout: int) -> int:
         return os.posix_spawnp(
             argv[0],
             list(argv),
@@ -113,6 +115,9 @@ def spawn_on(argv: Sequence[str], env: Mapping[str, str], stdin: int, stdout: in
             # Python ignores these; prog must get the defaults back.
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),
         )
+
+    try:
+        return start_prog(stdin, stdout, spawn)
     except OSError as e:
         raise SpawnFailed(f"unable to exec {argv[0]}: {e.strerror}") from None
 
