@@ -42,13 +42,16 @@ def reject(ip: str, port: int, count: int, localmax: int) -> str:
     return f"reject {endpoint(ip, port)} count {count}/{localmax}"
 
 
+def how_ended(status: int) -> str:
+    """A wait status in upstream's words: ``exitcode N`` or ``signal N``."""
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"exitcode {os.waitstatus_to_exitcode(status)}"
+
+
 def end(pid: int, status: int, count: int, localmax: int) -> str:
     """The end of a session, from prog's wait status."""
-    if os.WIFSIGNALED(status):
-        how = f"signal {os.WTERMSIG(status)}"
-    else:
-        how = f"exitcode {os.waitstatus_to_exitcode(status)}"
-    return f"end pid {pid} {how} count {count}/{localmax}"
+    return f"end pid {pid} {how_ended(status)} count {count}/{localmax}"
 
 
 def status(total: int, maxconn: int) -> str:

@@ -11,7 +11,6 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from functools import partial
 
 from gevent import socket as gsocket
 
@@ -23,15 +22,13 @@ from s6tls.shell.descriptors import raise_for
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
 from s6tls.shell.names import Resolver
-from s6tls.shell.privsep import drop_privileges, parse_ids, use_helper
+from s6tls.shell.privsep import parse_ids, use_helper
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
 from s6tls.shell.tls import ContextCache
-from s6tls.shell.workers import start_workers, supervise
+from s6tls.shell.workers import MAX_WORKERS, Policy, Pool
 from s6tls.tlsconfig import settings_from
-
-MAX_WORKERS = 64
 
 # systemd socket activation: the first passed socket is fd 3.
 SD_LISTEN_FDS_START = 3
@@ -139,7 +136,7 @@ def main() -> None:
         return
     try:
         check_environment(opts, env)
-        workers = worker_count(env)
+        policy = worker_policy(env)
         short = raise_for(opts.maxconn)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
@@ -147,7 +144,7 @@ def main() -> None:
         ip, port = listener.getsockname()[:2]
         if short:
             service.log.warning(short)
-        serve = start(service, listener, workers, ids)
+        serve = start(service, listener, policy, ids)
     except S6tlsError as e:
         fail(e)
         return
@@ -158,33 +155,32 @@ def main() -> None:
     os._exit(serve())
 
 
-def worker_count(env: dict[str, str]) -> int:
-    """S6TLS_WORKERS: how many processes run sessions (default 1: this one)."""
-    text = env.pop("S6TLS_WORKERS", "1")
+def worker_policy(env: dict[str, str]) -> Policy:
+    """S6TLS_WORKERS=N: N processes serve, always; unset: as many as the load needs."""
+    text = env.pop("S6TLS_WORKERS", None)
+    if text is None:
+        return Policy.default()
     count = unsigned(text, "S6TLS_WORKERS")
     if not 1 <= count <= MAX_WORKERS:
         raise UsageError(f"S6TLS_WORKERS must be between 1 and {MAX_WORKERS}")
-    return count
+    return Policy(count, count)
 
 
 def start(
-    service: Service, listener: socket.socket, workers: int, ids: tuple[int, int] | None
+    service: Service, listener: socket.socket, policy: Policy, ids: tuple[int, int] | None
 ) -> Callable[[], int]:
     """Set up the processes that serve; what then serves, returning the exit code.
 
-    With TLS_UID, each process that talks TLS gets its root helper, and
-    nothing that faces the network keeps root.
+    With TLS_UID, root stays in a helper that every serving process talks
+    to, and nothing that faces the network keeps root.
     """
     limits = Limits(service.options.maxconn, service.options.localmaxconn)
-
-    def split(not_for_helper: list[int]) -> None:
-        if ids:
-            use_helper(service, *ids, not_for_helper=not_for_helper)
-
-    if workers == 1:
-        split([listener.fileno(), *limits.fds()])
-        return Server(service, listener, limits).serve
-    pool = start_workers(service, listener, limits, workers, split)
+    server = Server(service, listener, limits)
+    channel = None
     if ids:
-        drop_privileges(*ids)
-    return partial(supervise, service, limits, pool)
+        helper = use_helper(service, *ids, not_for_helper=[listener.fileno(), *limits.fds()])
+        channel = helper.channel
+    if policy.most > 1:
+        server.workers = pool = Pool(server, policy, channel)
+        pool.start()
+    return server.serve

@@ -44,7 +44,7 @@ import selectors
 import socket
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import gevent
 from gevent import socket as gsocket
@@ -172,8 +172,18 @@ def _tls_paths(env: Iterable[tuple[str, str | None]]) -> set[str]:
     }
 
 
+def _channel() -> tuple[socket.socket, socket.socket]:
+    """A pair of connected sockets for requests and replies, each up to MAX_MESSAGE."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s in (ours, theirs):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_MESSAGE)
+    return ours, theirs
+
+
 class Helper:
-    """The root half: a blocking loop that answers the server's requests."""
+    """The root half: a blocking loop that answers the requests of every
+    process that serves (one channel each), until none is left."""
 
     def __init__(
         self,
@@ -182,37 +192,47 @@ class Helper:
         base_env: Mapping[str, str],
         rules: RuleSource | None,
     ) -> None:
-        self.sock = sock
         self.opts = opts
         self.base_env = base_env
         self.rules = rules
         self.files = LocalFiles()
-        self.children: dict[int, int] = {}  # pid -> pidfd
+        self.children: dict[int, tuple[int, socket.socket]] = {}  # pid -> pidfd, its requester
         self.selector = selectors.DefaultSelector()
+        self.clients = 0
         self.allowed = _tls_paths(base_env.items())
+        self._add_client(sock)
+
+    def _add_client(self, sock: socket.socket) -> None:
+        self.selector.register(sock, selectors.EVENT_READ)
+        self.clients += 1
 
     def serve(self) -> NoReturn:
-        self.selector.register(self.sock, selectors.EVENT_READ)
         while True:
             for key, _ in self.selector.select():
-                if key.fileobj is self.sock:
-                    self._request()
+                if key.data is None:
+                    self._request(cast(socket.socket, key.fileobj))
                 else:
                     self._reap(key.data)
 
-    def _request(self) -> None:
+    def _request(self, client: socket.socket) -> None:
         try:
-            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 2)
+            data, fds, _, _ = socket.recv_fds(client, MAX_MESSAGE, 2)
         except OSError:
-            os._exit(0)
-        if not data:
-            os._exit(0)  # the server and its drainer are gone
+            data, fds = b"", []
+        if not data:  # a process that served is gone (its drainer too)
+            self.selector.unregister(client)
+            client.close()
+            self.clients -= 1
+            if not self.clients:
+                os._exit(0)
+            return
         reply: dict[str, Any]
         request_id = None
+        give: list[int] = []
         try:
             request = json.loads(data)
             request_id = request.get("id")
-            reply = self._handle(request, fds)
+            reply = self._handle(client, request, fds, give)
         except (HelperError, RulesError) as e:
             reply = {"error": str(e)}
         except OSError as e:
@@ -223,16 +243,29 @@ class Helper:
             for fd in fds:
                 os.close(fd)
         reply["id"] = request_id
-        self.sock.send(_encode(reply))
+        try:
+            socket.send_fds(client, [_encode(reply)], give)
+        finally:
+            for fd in give:
+                os.close(fd)
 
-    def _handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    def _handle(
+        self, client: socket.socket, request: dict[str, Any], fds: list[int], give: list[int]
+    ) -> dict[str, Any]:
+        """The reply to one request; descriptors to pass back go in give."""
         op = request.get("op")
         if op == "spawn":
-            return self._spawn(request, fds)
+            return self._spawn(client, request, fds)
         if op == "kill":
             pid, signum = request["pid"], request["signal"]
-            if pid in self.children and signum in (15, 18, 9):
+            child = self.children.get(pid)
+            if child is not None and child[1] is client and signum in (15, 18, 9):
                 os.kill(pid, signum)
+            return {}
+        if op == "channel":  # for a worker process: a channel of its own
+            ours, theirs = _channel()
+            self._add_client(ours)
+            give.append(theirs.detach())
             return {}
         if op == "find":
             keys = [_text(k) for k in request["keys"]]
@@ -272,7 +305,9 @@ class Helper:
                 continue
         return paths
 
-    def _spawn(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+    def _spawn(
+        self, client: socket.socket, request: dict[str, Any], fds: list[int]
+    ) -> dict[str, Any]:
         if len(fds) != 2:
             raise HelperError("bad request")
         conn = conn_from(request["conn"])
@@ -290,16 +325,19 @@ class Helper:
         except SpawnFailed as e:
             raise HelperError(str(e)) from None
         pidfd = os.pidfd_open(pid)
-        self.children[pid] = pidfd
+        self.children[pid] = (pidfd, client)
         self.selector.register(pidfd, selectors.EVENT_READ, pid)
         return {"pid": pid}
 
     def _reap(self, pid: int) -> None:
-        pidfd = self.children.pop(pid)
+        pidfd, client = self.children.pop(pid)
         self.selector.unregister(pidfd)
         os.close(pidfd)
         status = os.waitpid(pid, 0)[1]
-        self.sock.send(_encode({"exit": pid, "status": status}))
+        try:
+            client.send(_encode({"exit": pid, "status": status}))
+        except OSError:
+            pass  # the process that asked for it is gone
 
 
 # -- the unprivileged side
@@ -335,12 +373,19 @@ class HelperClient:
         self._reader = gevent.spawn(self._read_replies)
 
     def _read_replies(self) -> None:
-        while data := self.sock.recv(MAX_MESSAGE):
+        while True:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, 1)
+            if not data:
+                break
             message = json.loads(data)
             if "exit" in message:
                 self.exit_of(message["exit"]).set(message["status"])
             elif (waiter := self._pending.pop(message.get("id"), None)) is not None:
+                message["fds"] = fds
                 waiter.set(message)
+                continue
+            for fd in fds:
+                os.close(fd)
         for waiter in [*self._pending.values(), *self._exits.values()]:
             waiter.set(None)  # the helper is gone
 
@@ -365,6 +410,11 @@ class HelperClient:
         if "error" in reply:
             raise HelperError(reply["error"])
         return reply  # type: ignore[no-any-return]
+
+    def channel(self) -> int:
+        """A new channel to the helper, for a worker process to use as its own."""
+        (fd,) = self.call({"op": "channel"})["fds"]
+        return int(fd)
 
     # Launcher
     def launch(
@@ -429,10 +479,7 @@ def split(
 
     The helper closes ``not_for_helper`` (the listening socket) at once.
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    for s in (ours, theirs):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, MAX_MESSAGE)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MAX_MESSAGE)
+    ours, theirs = _channel()
     pid = os.fork()
     if pid == 0:
         ours.close()
@@ -457,9 +504,17 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def use_helper(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -> None:
+def use_helper(
+    service: Service, uid: int, gid: int, not_for_helper: Iterable[int]
+) -> HelperClient:
     """Split this process: root stays in a helper, the service uses it from uid:gid."""
     helper = split(service.options, service.base_env, service.rules, uid, gid, not_for_helper)
+    serve_through(service, helper)
+    return helper
+
+
+def serve_through(service: Service, helper: HelperClient) -> None:
+    """Start progs, read key files and look up rules through the helper."""
     service.launcher = helper
     service.contexts.files = helper
     if service.rules is not None:

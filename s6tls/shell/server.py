@@ -3,10 +3,10 @@
 This is upstream's s6-tcpserverd. At ``-c`` sessions it stops accepting, so
 extra clients wait in the kernel's backlog; past ``-C`` sessions from one IP
 it accepts and closes at once. The counts live in ``s6tls.shell.limits``,
-exact however many processes accept (``s6tls.shell.workers``). Sessions run
-as greenlets of the accepting process. On SIGTERM the listener closes and the
-supervised process exits at once, while the running sessions finish
-elsewhere.
+exact however many processes accept. Sessions run as greenlets of the
+accepting process; worker processes (``s6tls.shell.workers``) may serve
+beside it. On SIGTERM the listener closes and the supervised process exits at
+once, while the running sessions finish elsewhere.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Any, Protocol
 
 import gevent
 from gevent.event import Event
@@ -106,6 +107,22 @@ class Sessions:
             os._exit(0)
 
 
+class Beside(Protocol):
+    """Worker processes that serve beside the supervised one."""
+
+    def signal(self, signum: int) -> None:
+        """Pass on a signal the server got."""
+
+    def accepted(self) -> None:
+        """The server accepted a connection (there is load to watch)."""
+
+    def stop(self) -> None:
+        """The server stopped accepting: stop adding workers and tell them so."""
+
+    def wait_stopped(self) -> None:
+        """Wait (a few seconds at most) until no worker accepts any more."""
+
+
 class Server:
     """Accepts connections on one listening socket and runs their sessions.
 
@@ -130,6 +147,8 @@ class Server:
         self.sessions = Sessions(service)
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
+        self.workers: Beside | None = None
+        self.signal_handlers: list[Any] = []
 
     # -- accepting
 
@@ -151,7 +170,12 @@ class Server:
                 elif self.listener.fileno() < 0:
                     return
                 continue
+            except BaseException:
+                limits.give_back(slot)  # stopped while waiting: other processes go on
+                raise
             starved = False
+            if self.workers:
+                self.workers.accepted()
             ip, port = canonical_ip(address[0]), address[1]
             admitted, count = limits.admit(slot, ip)
             if not admitted:
@@ -188,6 +212,8 @@ class Server:
         reaction = REACTIONS[signum]
         if self.announce and reaction.message:
             self.service.log.info(reaction.message)
+        if self.workers:
+            self.workers.signal(signum)
         self.sessions.signal_progs(reaction.to_progs)
         if reaction.quits:
             self.quit_signal = signum
@@ -198,7 +224,7 @@ class Server:
     def serve(self) -> int:
         """Serve until a quitting signal; return the exit code."""
         for signum in REACTIONS:
-            gevent.signal_handler(signum, self._on_signal, signum)
+            self.signal_handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
         acceptor = gevent.spawn(self.accept_loop)
         self.quit.wait()
         acceptor.kill()
@@ -207,7 +233,11 @@ class Server:
             self.stopped_accepting()
             self.sessions.greenlets.join()
             return 0
+        if self.workers:
+            self.workers.stop()
         self.sessions.detach()
+        if self.workers:
+            self.workers.wait_stopped()
         if self.quit_signal == signal.SIGINT:
             die_of_sigint()
         self.service.log.info("exiting")

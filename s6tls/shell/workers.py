@@ -1,131 +1,236 @@
-"""Several worker processes on one listening socket (S6TLS_WORKERS=N).
+"""Worker processes: every core the load needs, one process when it is quiet.
 
-Each worker accepts on the shared socket and runs its sessions itself, as a
-single server would: nothing passes between processes per connection, so a
-session costs the same CPU in a worker as in a lone server. The limits stay
-exact because every worker counts in the same shared table
-(``s6tls.shell.limits``).
+The process that was started serves, as a lone server would
+(``s6tls.shell.server``), and forks workers that serve beside it:
 
-The first process only supervises. It logs the signals it gets and passes
-them on: each worker signals its own progs, or stops accepting, finishes its
-sessions and exits, while the supervisor exits as soon as no worker accepts
-any more. A worker whose supervisor vanished (its pipe reads end-of-file)
-does the same. If a worker dies, its slots are given back; with none left,
-the server exits 111.
+- by default, one more whenever every serving process had work all through
+  the last second, up to the CPUs the server may run on; once the load of
+  the last QUIET_SAMPLES seconds would have fitted in fewer processes, at
+  RETIRE_SHARE of a core each, the newest workers retire: they stop
+  accepting, finish their sessions and exit. Idle, the server is one
+  process again, and costs what a lone server costs;
+- with S6TLS_WORKERS=N, N-1 workers, always.
+
+A worker that dies is replaced. Workers share only the listening socket and
+the limits table (``s6tls.shell.limits``), which keeps -c, -C and TCPCONNNUM
+exact however many processes accept; each gets every signal the server gets
+and acts on it, silently, for its own progs.
+
+A worker is forked from a process that is serving, so it inherits that
+process's sessions and must leave them alone: it never runs the inherited
+event loop again (its greenlets stay suspended, and referenced, so that none
+ever resumes or cleans up), it closes every inherited descriptor but those
+it serves with, and it starts an event loop of its own.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
 import sys
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
 import gevent
-from gevent.event import AsyncResult
-from gevent.os import fork_gevent
+from gevent import socket as gsocket
+from gevent.event import Event
+from gevent.hub import Hub, get_hub, set_hub
+from gevent.pool import Group
 from gevent.socket import wait_read
 
+from s6tls import logline
+from s6tls.shell.descriptors import open_descriptors, reserved
 from s6tls.shell.fdio import to_null
-from s6tls.shell.limits import Limits
-from s6tls.shell.server import REACTIONS, Server, die_of_sigint
-from s6tls.shell.service import Service
+from s6tls.shell.privsep import HelperClient, serve_through
+from s6tls.shell.server import Server
 from s6tls.shell.spawn import reap
 
+MAX_WORKERS = 64
 
-@dataclass
-class Workers:
-    """The supervisor's view of its workers."""
-
-    pids: list[int]
-    accepting: int  # end-of-file once no worker accepts any more
-
-
-def start_workers(
-    service: Service,
-    listener: socket.socket,
-    limits: Limits,
-    count: int,
-    in_worker: Callable[[list[int]], None],
-) -> Workers:
-    """Fork count workers that accept on listener.
-
-    ``in_worker(fds)`` runs first in each worker; fds are what a process
-    that never accepts can close.
-    """
-    # Only the supervisor keeps the writing end, open till it exits: its
-    # end-of-file tells the workers that the supervisor is gone.
-    alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
-    # Only the workers keep this one's writing end, each until it has closed
-    # the listening socket: at its end-of-file, nothing accepts any more.
-    accepting_r, accepting_w = os.pipe2(os.O_CLOEXEC)
-    workers = []
-    for _ in range(count):
-        pid = fork_gevent()
-        if pid == 0:
-            os.close(alive_w)
-            os.close(accepting_r)
-            to_null(1)  # -1: only the supervisor holds the stdout whose end is awaited
-            in_worker([listener.fileno(), alive_r, accepting_w, *limits.fds()])
-            _work(service, listener, limits, alive_r, accepting_w)
-        workers.append(pid)
-    os.close(alive_r)
-    os.close(accepting_w)
-    listener.close()
-    return Workers(workers, accepting_r)
-
-
-# How long the supervisor, told to quit, waits for the workers to stop accepting.
+# Every SAMPLE_SECONDS, the share of a core each serving process wanted
+# (running, or runnable and waiting for a CPU).
+SAMPLE_SECONDS = 1.0
+# A process that wanted a core this much of a sample was saturated.
+BUSY_SHARE = 0.9
+# Workers retire once the others could have carried the load of the last
+# QUIET_SAMPLES samples at this share of a core each.
+RETIRE_SHARE = 0.6
+QUIET_SAMPLES = 10
+# Below this share, the lone server is idle: the next sample waits for a client.
+IDLE_SHARE = 0.02
+# A worker that dies younger than this is replaced only once this long has passed.
+RESTART_SECONDS = 1.0
+# How long the server, told to quit, waits for the workers to stop accepting.
 STOP_ACCEPTING_SECONDS = 5.0
 
 
-def supervise(service: Service, limits: Limits, pool: Workers) -> int:
-    """Pass signals on to the workers until told to quit; the exit code.
+@dataclass(frozen=True)
+class Policy:
+    """How many processes serve, the server included: at least least, at most most."""
 
-    It exits once the listening socket is closed in every worker, so that
-    when the supervised process is gone, no connection is accepted.
-    """
-    workers = pool.pids
-    log = service.log
-    quitting: AsyncResult[int] = AsyncResult()  # the signal, or 0: no worker left
+    least: int
+    most: int
 
-    def on_signal(signum: int) -> None:
-        reaction = REACTIONS[signum]
-        if reaction.message:
-            log.info(reaction.message)
-        for pid in workers:
+    @classmethod
+    def default(cls) -> Policy:
+        """One process, and one more per CPU the server may run on while busy."""
+        return cls(1, max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS)))
+
+
+@dataclass
+class _Worker:
+    born: float
+    retiring: bool = False
+
+
+class Pool:
+    """The workers of a server, seen from the server."""
+
+    def __init__(self, server: Server, policy: Policy, channel: Callable[[], int] | None) -> None:
+        """channel: with privilege separation, a new channel to the root helper."""
+        self.server = server
+        self.policy = policy
+        self.channel = channel
+        self.workers: dict[int, _Worker] = {}
+        self.stopping = False
+        self._activity = Event()
+        self._greenlets = Group()
+        # Every serving process holds the writing end while it accepts: at the
+        # end-of-file, no process accepts any more.
+        self._accepting_r, self._accepting_w = os.pipe2(os.O_CLOEXEC)
+        # Only the server holds the writing end: at the end-of-file, the
+        # workers know it is gone.
+        self._alive_r, self._alive_w = os.pipe2(os.O_CLOEXEC)
+
+    def start(self) -> None:
+        for _ in range(self.policy.least - 1):
+            self._fork()
+        if self.policy.most > self.policy.least:
+            self._greenlets.spawn(self._scale)
+
+    # -- what the server tells us (s6tls.shell.server.Beside)
+
+    def signal(self, signum: int) -> None:
+        for pid in list(self.workers):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
-        if reaction.quits and not quitting.ready():
-            quitting.set(signum)
 
-    def watch(pid: int) -> None:
-        reap(os.pidfd_open(pid), pid)
-        workers.remove(pid)
-        freed = limits.reclaim(pid)
-        log.warning(f"worker {pid} is gone; {freed} of its slots given back")
-        if not workers and not quitting.ready():
-            quitting.set(0)
+    def accepted(self) -> None:
+        self._activity.set()
 
-    for signum in REACTIONS:
-        gevent.signal_handler(signum, on_signal, signum)
-    watchers = [gevent.spawn(watch, pid) for pid in workers]
-    signum = quitting.get()
-    gevent.killall(watchers)
-    with gevent.Timeout(STOP_ACCEPTING_SECONDS, False):
-        _wait_end(pool.accepting)
-    if signum == 0:
-        log.fatal("no worker left")
-        return 111
-    if signum == signal.SIGINT:
-        die_of_sigint()
-    log.info("exiting")
-    return 0
+    def stop(self) -> None:
+        self.stopping = True
+        self._greenlets.kill()
+        os.close(self._alive_w)
+        os.close(self._accepting_w)  # the server itself no longer accepts
+
+    def wait_stopped(self) -> None:
+        with gevent.Timeout(STOP_ACCEPTING_SECONDS, False):
+            _wait_end(self._accepting_r)
+
+    # -- workers coming and going
+
+    def _fork(self) -> None:
+        log = self.server.service.log
+        try:
+            channel = self.channel() if self.channel else None
+            pid = os.fork()
+        except OSError as e:
+            log.warning(f"unable to start a worker: {e.strerror or e}")
+            return
+        if pid == 0:
+            _work(self.server, channel, self._alive_r, self._accepting_w)
+        if channel is not None:
+            os.close(channel)
+        self.workers[pid] = _Worker(time.monotonic())
+        self._greenlets.spawn(self._watch, pid, os.pidfd_open(pid))
+        log.info(f"worker {pid} started, {1 + len(self.workers)} processes serve")
+
+    def _retire(self, pid: int) -> None:
+        self.workers[pid].retiring = True
+        os.kill(pid, signal.SIGTERM)  # it stops accepting, finishes its sessions and exits
+
+    def _watch(self, pid: int, pidfd: int) -> None:
+        status = reap(pidfd, pid)
+        worker = self.workers.pop(pid)
+        freed = self.server.limits.reclaim(pid)
+        log = self.server.service.log
+        if worker.retiring and status == 0:
+            log.info(f"worker {pid} retired")
+            return
+        how = logline.how_ended(status) if status is not None else "its end unknown"
+        replace = not worker.retiring and not self.stopping
+        log.warning(
+            f"worker {pid} died ({how}); {freed} of its slots given back"
+            + ("; starting another" if replace else "")
+        )
+        if replace:
+            gevent.sleep(max(0.0, worker.born + RESTART_SECONDS - time.monotonic()))
+            self._fork()
+
+    def _scale(self) -> None:
+        """Add a worker while every serving process is saturated; retire the
+        newest once the load of the last samples fits in fewer."""
+        loads: deque[float] = deque(maxlen=QUIET_SAMPLES)
+        me = os.getpid()
+        busy, then = _busy_ns([me]), time.monotonic()
+        while True:
+            if not self.workers and loads and loads[-1] < IDLE_SHARE:
+                self._activity.clear()
+                self._activity.wait()
+                loads.clear()
+                busy, then = _busy_ns([me]), time.monotonic()
+            gevent.sleep(SAMPLE_SECONDS)
+            serving = [me, *(pid for pid, w in self.workers.items() if not w.retiring)]
+            now, busy_now = time.monotonic(), _busy_ns(serving)
+            shares = []
+            for pid in serving:
+                born = self.workers[pid].born if pid in self.workers else then
+                span = now - max(then, born)
+                shares.append((busy_now[pid] - busy.get(pid, 0)) / 1e9 / span if span else 0)
+            busy, then = busy_now, now
+            loads.append(sum(shares))
+            if min(shares) >= BUSY_SHARE and len(serving) < self.policy.most:
+                self._fork()
+                loads.clear()
+            elif len(loads) == QUIET_SAMPLES:
+                keep = max(self.policy.least, math.ceil(max(loads) / RETIRE_SHARE))
+                newest = sorted(serving[1:], key=lambda pid: self.workers[pid].born)[::-1]
+                for pid in newest[: len(serving) - keep]:
+                    self._retire(pid)
+
+
+def _busy_ns(pids: list[int]) -> dict[int, int]:
+    """For each process, how long it ran or waited to run, in ns (since it started)."""
+    busy = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/schedstat", "rb") as f:
+                running, waiting = f.read().split()[:2]
+            busy[pid] = int(running) + int(waiting)
+        except (OSError, ValueError):
+            busy[pid] = _cpu_ns(pid)
+    return busy
+
+
+_TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ns(pid: int) -> int:
+    """CPU time of a process, in ns, where the kernel keeps no schedstat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int((int(fields[11]) + int(fields[12])) * _TICK_NS)
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _wait_end(fd: int) -> None:
@@ -136,19 +241,55 @@ def _wait_end(fd: int) -> None:
             return
 
 
-def _work(
-    service: Service, listener: socket.socket, limits: Limits, alive: int, accepting: int
-) -> NoReturn:
-    """A worker: accept and serve until a quitting signal, or the supervisor's end."""
-    server = Server(
-        service, listener, limits, announce=False, stopped_accepting=lambda: os.close(accepting)
-    )
+# The event loops a worker inherited: kept, never run, so that nothing
+# they hold is ever finalized (which would close descriptors by number).
+_INHERITED: list[object] = []
 
-    def orphaned() -> None:
-        wait_read(alive)
-        server.quit.set()
 
-    gevent.spawn(orphaned)
-    code = server.serve()
-    sys.stderr.flush()
-    os._exit(code)
+def _leave_inherited(server: Server, keep: set[int]) -> None:
+    """Turn away from the parent's event loop and sessions, for good."""
+    _INHERITED.append(get_hub())
+    for handler in server.signal_handlers:
+        handler.cancel()  # from now on, signals wake the new loop
+    for fd in open_descriptors():
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    set_hub(Hub(default=False))
+
+
+def _work(server: Server, channel: int | None, alive: int, accepting: int) -> NoReturn:
+    """A new worker: serve on server's socket until a quitting signal, or
+    until the server is gone."""
+    code = 111
+    try:
+        listener = server.listener.fileno()
+        keep = {0, 1, 2, listener, alive, accepting, *server.limits.fds(), *reserved()}
+        if channel is not None:
+            keep.add(channel)
+        _leave_inherited(server, keep)
+        to_null(1)  # -1: only the server holds the stdout whose end is awaited
+        service = server.service
+        if channel is not None:
+            serve_through(service, HelperClient(socket.socket(fileno=channel)))
+        worker = Server(
+            service,
+            gsocket.socket(fileno=listener),
+            server.limits,
+            announce=False,
+            stopped_accepting=lambda: os.close(accepting),
+        )
+
+        def orphaned() -> None:
+            _wait_end(alive)
+            worker.quit.set()
+
+        gevent.spawn(orphaned)
+        code = worker.serve()
+    except Exception as e:
+        server.service.log.warning(f"worker {os.getpid()}: {e}")
+    finally:
+        sys.stderr.flush()
+        os._exit(code)

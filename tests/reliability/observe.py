@@ -73,11 +73,12 @@ def idle(pid: int) -> Snapshot:
     return snapshot(pid)
 
 
-def settle(pid: int, idle: Snapshot, timeout: float = 10.0) -> Snapshot:
+def settle(pid: int, idle: Snapshot, timeout: float = 20.0) -> Snapshot:
     """Wait until pid holds the descriptors and children it held at idle; return what it holds then.
 
-    Sessions end a moment after their clients saw EOF, so the count is polled;
-    the caller compares the result with the idle snapshot.
+    Sessions end a moment after their clients saw EOF, and workers that the
+    load added retire once it has been quiet for ten seconds, so the count is
+    polled; the caller compares the result with the idle snapshot.
     """
     deadline = time.monotonic() + timeout
     while True:

@@ -72,10 +72,11 @@ class Authority:
         ips: tuple[str, ...] = ("127.0.0.1", "::1"),
         client: bool = False,
         rsa_key: bool = False,
+        rsa_bits: int = 2048,
         subject: dict[str, str] | None = None,
     ) -> Pair:
         key = (
-            rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
             if rsa_key
             else ec.generate_private_key(ec.SECP256R1())
         )

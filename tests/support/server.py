@@ -26,6 +26,13 @@ def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.02) ->
     return bool(predicate())  # type: ignore[operator]
 
 
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+
+
 class Running:
     """A started server: its pid, port, and what it logged."""
 
@@ -54,6 +61,20 @@ class Running:
         except OSError:
             return []
         return [int(p) for p in text.split()]
+
+    def forks(self) -> list[int]:
+        """Children that run the server's own program: its workers (and, with
+        TLS_UID, the privileged helper)."""
+        exe = _exe(self.pid)
+
+        def now() -> set[int]:
+            return {p for p in self.children() if exe is not None and _exe(p) == exe}
+
+        # A prog is briefly a copy of the server too, until its exec (vfork): a
+        # fork is a child seen twice.
+        first = now()
+        time.sleep(0.05)
+        return sorted(first & now())
 
     def fds(self) -> list[str]:
         d = f"/proc/{self.pid}/fd"
