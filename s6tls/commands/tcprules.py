@@ -61,7 +61,8 @@ Commands:
               "IP [NAME]" of stdin (exit 1: one at least was denied)
   import      translate djb tcprules text (FILE or stdin) into s6 rules;
               without -o or -x, list them
-  add         put one rule under KEY in DIR (exit 1: KEY has a rule)
+  add         put one rule under KEY in DIR, created if missing
+              (exit 1: KEY has a rule)
   remove      remove the rule under KEY from DIR (exit 1: KEY has none)
 
 KEY is ip4/ADDRESS_LENGTH, ip6/ADDRESS_LENGTH, reversedns/NAME,

@@ -145,14 +145,14 @@ def _write_rule(directory: str, key: str, rule: Rule) -> None:
     path = directory
     for part in key.split("/"):
         path = f"{path}/{part}"
-        _make_dir(path)
+        make_dir(path)
     if not rule.allow:
         _write_file(f"{path}/deny", b"")
         return
     _write_file(f"{path}/allow", b"")
     if rule.env:
         envdir = f"{path}/env"
-        _make_dir(envdir)
+        make_dir(envdir)
         for name, value in rule.env:
             _write_file(f"{envdir}/{_envdir_name(envdir, name)}", _envdir_content(value))
     if rule.exec:
@@ -175,16 +175,30 @@ def _envdir_content(value: str | None) -> bytes:
     return os.fsencode(value).replace(b"\n", b"\0") + b"\n"
 
 
-def _make_dir(path: str) -> None:
+def make_dir(path: str) -> bool:
+    """Make sure ``path`` is a directory, creating it 0755 if missing; tell whether it was created.
+
+    RulesError names the real cause: a missing parent, a file in the way
+    (``Not a directory``), a directory that cannot be written.
+    """
     try:
         os.mkdir(path)
     except FileExistsError:
-        if not os.path.isdir(path):
-            raise RulesError(f"unable to mkdir {path}: File exists") from None
-        return
+        check_dir(path)
+        return False
     except OSError as e:
         raise RulesError(f"unable to mkdir {path}: {e.strerror}") from None
     _set_dir_mode(path)
+    return True
+
+
+def check_dir(path: str) -> None:
+    """Raise RulesError with the system's reason unless ``path`` is (or links to) a directory."""
+    try:
+        # O_PATH asks for no permission on the directory itself: only its kind matters here.
+        os.close(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as e:
+        raise RulesError(f"unable to open {path}: {e.strerror}") from None
 
 
 def _set_dir_mode(path: str) -> None:

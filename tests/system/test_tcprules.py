@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import stat
 import subprocess
 import threading
@@ -637,7 +638,8 @@ def test_add_and_remove(tmp_path: Path) -> None:
          "not a variable an envdir can hold"),
         (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--exec", "x" * 4097], 100,
          "exec is 4097 bytes, more than 4096"),
-        (["add", "-i", "missing", "ip4/10.0.0.0_8", "allow"], 111, "unable to open missing"),
+        (["add", "-i", "missing/rules", "ip4/10.0.0.0_8", "allow"], 111,
+         "unable to mkdir missing/rules: No such file or directory"),
         (["remove", "-i", "rules", "10.0.0.0.0"], 100, "invalid key"),
     ],
 )  # fmt: skip
@@ -648,6 +650,71 @@ def test_add_and_remove_errors(tmp_path: Path, argv: list[str], status: int, mes
     assert done.stderr.startswith("s6-tcprules: fatal: ")
     assert message in done.stderr
     assert entries(tmp_path) == ["rules"]
+
+
+def test_add_creates_a_missing_rules_directory(tmp_path: Path) -> None:
+    # Under umask 077 too: the server may read the rules as another user.
+    umask_077 = ["sh", "-c", 'umask 077 && exec "$0" "$@"', S6_TCPRULES]
+    done = run(*umask_077, "add", "-i", "rules", "10.0.0.0/8", "allow", cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    rules = tmp_path / "rules"
+    modes = {
+        str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+        for path in [rules, *rules.rglob("*")]
+        if path.is_dir()
+    }
+    assert modes == {
+        "rules": 0o755,
+        "rules/ip4": 0o755,
+        "rules/ip4/10.0.0.0_8": 0o755,
+        "rules/ip6": 0o755,
+        "rules/reversedns": 0o755,
+    }
+    assert tree_of(rules) == {"ip4/10.0.0.0_8/allow": ""}
+    # An existing directory gets only the part a key needs, as before.
+    (tmp_path / "other").mkdir()
+    assert tcprules("add", "-i", "other", "::1", "deny", cwd=tmp_path).returncode == 0
+    assert entries(tmp_path / "other") == ["ip6", "ip6/::1_128", "ip6/::1_128/deny"]
+
+
+@pytest.mark.parametrize(
+    ("in_the_way", "rulesdir", "message"),
+    [
+        ("rules", "rules", "unable to open rules: Not a directory"),
+        ("rules/ip4", "rules", "unable to open rules/ip4: Not a directory"),
+        ("rules", "rules/new", "unable to mkdir rules/new: Not a directory"),
+    ],
+)
+def test_add_names_a_file_in_the_way(
+    tmp_path: Path, in_the_way: str, rulesdir: str, message: str
+) -> None:
+    make_tree(tmp_path, {in_the_way: "not a directory\n"})
+    before = entries(tmp_path)
+    done = tcprules("add", "-i", rulesdir, "10.0.0.0/8", "deny", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (111, "")
+    assert done.stderr == f"s6-tcprules: fatal: {message}\n"
+    assert entries(tmp_path) == before
+
+
+def unprivileged(*argv: str) -> list[str]:
+    """argv as a user whom permissions stop: root enters any directory, so uid 65534 then."""
+    if os.geteuid() != 0:
+        return list(argv)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
+
+
+def test_add_names_an_unreadable_directory(shared_dir: Path) -> None:
+    rules = make_tree(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
+    rules.chmod(0)
+    try:
+        done = run(*unprivileged(S6_TCPRULES, "add", "-i", "rules", "::1", "deny"), cwd=shared_dir)
+        assert (done.returncode, done.stdout) == (111, "")
+        assert done.stderr == "s6-tcprules: fatal: unable to mkdir rules/ip6: Permission denied\n"
+    finally:
+        rules.chmod(0o755)
+    assert entries(rules) == ["ip4", "ip4/10.0.0.0_8", "ip4/10.0.0.0_8/deny"]
 
 
 def test_deny_takes_no_environment(tmp_path: Path) -> None:
