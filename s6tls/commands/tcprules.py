@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from typing import Literal
 
 import docopt
 
@@ -30,6 +31,7 @@ from s6tls.rules import (
     TcpRulesError,
     add_rule,
     canonical_key,
+    check_dir,
     convert_tcprules,
     create_ruleset,
     encode,
@@ -44,7 +46,7 @@ PROG = "s6-tcprules"
 USAGE = f"""Usage:
   {PROG} compile [-m MODE] [--] DIR CDB
   {PROG} decompile [--] CDB DIR
-  {PROG} check (-i DIR | -x CDB) [-H] [--json] [--] IP [NAME]
+  {PROG} check (-i DIR | -x CDB) [-H] [-v] [--json] [--] IP [NAME]
   {PROG} import [-H] [-o DIR | -x CDB [-m MODE]] [--] [FILE]
   {PROG} add -i DIR [--replace] [--env=NAME=VALUE]... [--unset=NAME]... [--exec=TEXT] [--] KEY allow
   {PROG} add -i DIR [--replace] [--] KEY deny
@@ -74,6 +76,7 @@ Options:
   -o DIR             rules directory to create
   -m MODE            permissions of the cdb file, in octal
   -H                 no names: for a server run with -H
+  -v                 check: also list the keys tried, in order
   --json             print the answer as one JSON object
   --env=NAME=VALUE   set NAME to VALUE for prog (repeatable)
   --unset=NAME       remove NAME from prog's environment (repeatable)
@@ -81,6 +84,9 @@ Options:
   --replace          replace the rule KEY already has
   -h, --help         show this help
 """
+
+# How check answers: the decision and what it changes, the same with the keys tried, or JSON.
+_Form = Literal["short", "verbose", "json"]
 
 EXIT_USAGE = 100
 EXIT_FAILURE = 111
@@ -137,15 +143,18 @@ def _check(args: dict[str, object]) -> int:
     source: RuleSource
     if args["-i"] is not None:
         directory = str(args["-i"])
-        if not os.path.isdir(directory):
-            raise _Failed(f"unable to open rules directory {directory}: not a directory")
+        try:
+            check_dir(directory)  # the server would deny everyone; say why instead
+        except RulesError as e:
+            raise _Failed(str(e)) from None
         source = DirRules(directory)
     else:
         source = CdbRules(str(args["-x"]))
     names = not args["-H"]
+    form: _Form = "json" if args["--json"] else "verbose" if args["-v"] else "short"
     if args["IP"] != "-":
         name = None if args["NAME"] is None else str(args["NAME"])
-        return 0 if _answer(source, str(args["IP"]), name, names, bool(args["--json"])) else 1
+        return 0 if _answer(source, str(args["IP"]), name, names, form) else 1
     if args["NAME"] is not None:
         raise _Failed("NAME cannot follow - (give names on the lines of stdin)", EXIT_USAGE)
     allowed = True
@@ -156,30 +165,30 @@ def _check(args: dict[str, object]) -> int:
             continue
         if len(words) > 2:
             raise _Failed(f"stdin line {number}: expected IP [NAME]", EXIT_USAGE)
-        if answered and not args["--json"]:
+        if answered and form != "json":
             sys.stdout.write("\n")  # a blank line between two answers
         answered = True
         name = words[1] if len(words) == 2 else None
         try:
-            allowed = _answer(source, words[0], name, names, bool(args["--json"])) and allowed
+            allowed = _answer(source, words[0], name, names, form) and allowed
         except _Failed as e:
             raise _Failed(f"stdin line {number}: {e}", e.status) from None
     return 0 if allowed else 1
 
 
-def _answer(source: RuleSource, ip: str, name: str | None, names: bool, as_json: bool) -> bool:
-    """Print how ``source`` decides for one client; tell whether it is allowed."""
+def _answer(source: RuleSource, ip: str, name: str | None, names: bool, form: _Form) -> bool:
+    """Print how ``source`` decides for one client, in ``form``; tell whether it is allowed."""
     try:
         answer = explain(source, ip, name if names else None)
     except ValueError:
         raise _Failed(f"invalid IP address: {ip}", EXIT_USAGE) from None
     except RulesError as e:
         raise _Failed(str(e)) from None
-    if as_json:
+    if form == "json":
         print(json.dumps(_as_json(answer), ensure_ascii=False))
     else:
         ignored = None if names else name
-        sys.stdout.write(_as_text(answer, ignored))
+        sys.stdout.write(_as_text(answer, ignored, tried=form == "verbose"))
     sys.stdout.flush()
     return answer.allowed
 
@@ -199,7 +208,7 @@ def _as_json(answer: Explanation) -> dict[str, object]:
     }
 
 
-def _as_text(answer: Explanation, ignored_name: str | None) -> str:
+def _as_text(answer: Explanation, ignored_name: str | None, *, tried: bool) -> str:
     name = answer.name or "no name"
     if ignored_name is not None:
         name = f"no name ({_show(ignored_name)} ignored: -H)"
@@ -215,7 +224,8 @@ def _as_text(answer: Explanation, ignored_name: str | None) -> str:
                 lines.append(f"set: {variable}={_show(value)}")
         if rule.exec:
             lines.append(f"exec: execlineb -c {_show(rule.exec, quote=True)}")
-    lines += [f"tried: {key}" for key in answer.tried]
+    if tried:
+        lines += [f"tried: {key}" for key in answer.tried]
     return "".join(f"{line}\n" for line in lines)
 
 

@@ -12,7 +12,7 @@ from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
 from s6tls.rules.codec import Rule, decode, encode
 from s6tls.rules.envdir import read_envdir
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
-from s6tls.rules.fs import DirRules, lookup_dir, write_tree
+from s6tls.rules.fs import DirRules, check_dir, lookup_dir, write_tree
 from s6tls.rules.keys import ip_keys, name_keys
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "RuleSource",
     "RuleTooBigError",
     "RulesError",
+    "check_dir",
     "compile_dir",
     "decide",
     "decode",

@@ -158,21 +158,22 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
 
 def test_check_says_which_key_decides(source: list[str]) -> None:
     done = tcprules("check", *source, "10.7.8.9")
-    assert done.returncode == 0
-    assert done.stderr == ""
-    lines = done.stdout.splitlines()
-    assert lines[:6] == [
+    assert (done.returncode, done.stderr) == (0, "")
+    answer = [
         "client: 10.7.8.9, no name",
         "decision: allow",
         "key: ip4/10.0.0.0_8",
         "unset: DEBUG",
         "set: SITE=office",
-        "tried: ip4/10.7.8.9_32",
     ]
-    assert lines[6:] == [
+    assert done.stdout.splitlines() == answer
+    # -v adds every key tried, in order, up to the one that decides.
+    verbose = tcprules("check", "-v", *source, "10.7.8.9")
+    assert (verbose.returncode, verbose.stderr) == (0, "")
+    assert verbose.stdout.splitlines() == answer + [
         f"tried: ip4/{n.network_address}_{n.prefixlen}"
         for n in (
-            ipaddress.ip_network(f"10.7.8.9/{length}", strict=False) for length in range(31, 7, -1)
+            ipaddress.ip_network(f"10.7.8.9/{length}", strict=False) for length in range(32, 7, -1)
         )
     ]
 
@@ -199,8 +200,17 @@ def test_check_denials_exit_1(source: list[str]) -> None:
     assert (denied["decision"], denied["key"], denied["set"]) == ("deny", "ip4/10.9.0.0_16", {})
     done = tcprules("check", *source, "192.0.2.1")
     assert done.returncode == 1
-    assert "key: none (no rule matches)" in done.stdout.splitlines()
-    assert done.stdout.count("tried: ") == 33
+    assert done.stdout.splitlines() == [
+        "client: 192.0.2.1, no name",
+        "decision: deny",
+        "key: none (no rule matches)",
+    ]
+    verbose = tcprules("check", "-v", *source, "192.0.2.1")
+    assert verbose.returncode == 1
+    assert verbose.stdout.startswith(done.stdout)
+    assert verbose.stdout.count("tried: ") == 33
+    ipv6 = tcprules("check", "-v", *source, "2001:db8::1")
+    assert (ipv6.returncode, ipv6.stdout.count("tried: ")) == (1, 129)
 
 
 def test_check_names(source: list[str]) -> None:
@@ -237,12 +247,13 @@ def test_check_many_clients_from_stdin(source: list[str]) -> None:
         tcprules("check", "--json", *source, "10.9.0.1"),
     ]
     assert many.stdout == "".join(done.stdout for done in singles)
-    text = tcprules("check", "-H", *source, "-", stdin=clients.encode())
-    assert text.returncode == 1
-    assert text.stdout == "\n".join(
-        tcprules("check", "-H", *source, *words).stdout
-        for words in (["10.7.8.9"], ["192.0.2.1", "www.example.com"], ["10.9.0.1"])
-    )
+    for options in (["-H"], ["-H", "-v"]):
+        text = tcprules("check", *options, *source, "-", stdin=clients.encode())
+        assert text.returncode == 1
+        assert text.stdout == "\n".join(
+            tcprules("check", *options, *source, *words).stdout
+            for words in (["10.7.8.9"], ["192.0.2.1", "www.example.com"], ["10.9.0.1"])
+        )
     allowed = tcprules("check", *source, "-", stdin=b"10.1.1.1\n10.2.2.2\n")
     assert allowed.returncode == 0
     bad = tcprules("check", *source, "-", stdin=b"10.1.1.1\n10.2.2.2 a b\n")
@@ -259,9 +270,17 @@ def test_check_errors(tmp_path: Path) -> None:
         100,
         "s6-tcprules: fatal: invalid IP address: 10.1.2\n",
     )
-    missing = tcprules("check", "-i", str(tmp_path / "none"), "10.1.2.3")
-    assert missing.returncode == 111
-    assert "none" in missing.stderr
+    missing = tcprules("check", "-i", "none", "10.1.2.3", cwd=tmp_path)
+    assert (missing.returncode, missing.stdout, missing.stderr) == (
+        111,
+        "",
+        "s6-tcprules: fatal: unable to open none: No such file or directory\n",
+    )
+    a_file = tcprules("check", "-i", "rules/ip4/10.0.0.0_8/allow", "10.1.2.3", cwd=tmp_path)
+    assert (a_file.returncode, a_file.stderr) == (
+        111,
+        "s6-tcprules: fatal: unable to open rules/ip4/10.0.0.0_8/allow: Not a directory\n",
+    )
     no_cdb = tcprules("check", "-x", str(tmp_path / "none.cdb"), "10.1.2.3")
     assert (no_cdb.returncode, no_cdb.stdout) == (111, "")
     assert no_cdb.stderr.startswith("s6-tcprules: fatal: unable to cdb_init ")
