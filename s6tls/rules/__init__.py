@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
-from s6tls.rules.codec import Rule, decode, encode
+from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.envdir import read_envdir
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
-from s6tls.rules.fs import DirRules, check_dir, lookup_dir, write_tree
+from s6tls.rules.fs import DirRules, check_dir, lookup_dir, read_tree, write_tree
 from s6tls.rules.keys import ip_keys, name_keys
 
 __all__ = [
@@ -27,12 +27,14 @@ __all__ = [
     "compile_dir",
     "decide",
     "decode",
+    "decode_all",
     "encode",
     "ip_keys",
     "lookup_dir",
     "name_keys",
     "read_cdb",
     "read_envdir",
+    "read_tree",
     "write_cdb",
     "write_tree",
 ]

@@ -1,4 +1,4 @@
-"""Rules kept as a directory tree (the ``-i`` form): read one rule, or write a whole tree."""
+"""Rules kept as a directory tree (the ``-i`` form): read one rule or all, or write a whole tree."""
 
 from __future__ import annotations
 
@@ -89,6 +89,29 @@ class DirRules:
 
     def close(self) -> None:
         """Nothing to release; present so every rule source can be closed alike."""
+
+
+def read_tree(rulesdir: str) -> dict[str, Rule]:
+    """Return every rule of a rules directory, by key, in the order of the names.
+
+    Like upstream's compiler, every top-level directory (ip4, ip6, reversedns,
+    uid, gid or any other) is read and names starting with a dot are skipped.
+    """
+    rules: dict[str, Rule] = {}
+    for top in _list_dir(rulesdir):
+        for name in _list_dir(f"{rulesdir}/{top}"):
+            rule = lookup_dir(rulesdir, f"{top}/{name}")
+            if rule is not None:
+                rules[f"{top}/{name}"] = rule
+    return rules
+
+
+def _list_dir(path: str) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise RulesError(f"unable to opendir {path}: {e.strerror}") from None
+    return sorted(name for name in names if not name.startswith("."))
 
 
 def write_tree(directory: str, rules: Mapping[str, Rule]) -> None:
