@@ -13,7 +13,7 @@ from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.envdir import read_envdir
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
 from s6tls.rules.fs import DirRules, check_dir, lookup_dir, read_tree, write_tree
-from s6tls.rules.keys import ip_keys, name_keys
+from s6tls.rules.keys import ip_keys, most_specific_first, name_keys
 
 __all__ = [
     "CdbRules",
@@ -31,6 +31,7 @@ __all__ = [
     "encode",
     "ip_keys",
     "lookup_dir",
+    "most_specific_first",
     "name_keys",
     "read_cdb",
     "read_envdir",

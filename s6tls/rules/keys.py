@@ -67,6 +67,42 @@ def name_keys(name: str) -> list[str]:
     return keys
 
 
+# The families a lookup tries, in its order; any other one (uid/, gid/ for
+# s6-ipcserver) sorts after them, by name.
+_FAMILIES = {"ip4": 0, "ip6": 1, "reversedns": 2}
+
+
+def most_specific_first(key: str) -> tuple[int, str, int, int, str]:
+    """Sort key that lists rules in the order a lookup meets them.
+
+    Families come as a lookup tries them (ip4, ip6, reversedns, then any
+    other), and in each the most specific key first: the longest prefix, the
+    name with the most labels, ``reversedns/@`` last. So the first key of a
+    listing that matches a client is the one that decides for it. A key the
+    server never looks up (``ip4/10.1.2.3_8``) comes at the end of its family.
+    """
+    family, _, rest = key.partition("/")
+    rank = _FAMILIES.get(family, len(_FAMILIES))
+    if family == "reversedns":
+        labels = 0 if rest == "@" else rest.count(".") + 1
+        return rank, family, -labels, 0, rest
+    if family in ("ip4", "ip6"):
+        return rank, family, *_prefix_order(key), rest
+    return rank, family, 0, 0, rest
+
+
+def _prefix_order(key: str) -> tuple[int, int]:
+    """(minus the prefix length, the address) of a key the server looks up; (1, 0) for any other."""
+    address, _, length = key.partition("/")[2].rpartition("_")
+    try:
+        keys = ip_keys(address)
+    except ValueError:
+        return 1, 0
+    if not length.isdecimal() or int(length) >= len(keys) or keys[-1 - int(length)] != key:
+        return 1, 0
+    return -int(length), int(ipaddress.ip_address(address))
+
+
 def _format_ip4(value: int) -> str:
     return ".".join(map(str, value.to_bytes(4, "big")))
 
