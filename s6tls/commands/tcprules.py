@@ -1,4 +1,4 @@
-"""s6-tcprules: explain, script and import s6 access rules (compile, check, import, add, remove).
+"""s6-tcprules: explain, list, script and import s6 access rules.
 
 ``compile`` and ``decompile`` run the code of s6-accessrules-cdb-from-fs and
 s6-accessrules-fs-from-cdb (so their messages carry those names);
@@ -12,6 +12,7 @@ import os
 import re
 import shlex
 import sys
+from operator import itemgetter
 from typing import Literal
 
 import docopt
@@ -36,7 +37,10 @@ from s6tls.rules import (
     create_ruleset,
     encode,
     explain,
+    most_specific_first,
     parse_tcprules,
+    read_cdb_rules,
+    read_tree,
     remove_rule,
     write_cdb,
 )
@@ -47,6 +51,7 @@ USAGE = f"""Usage:
   {PROG} compile [-m MODE] [--] DIR CDB
   {PROG} decompile [--] CDB DIR
   {PROG} check (-i DIR | -x CDB) [-H] [-v] [--json] [--] IP [NAME]
+  {PROG} list (-i DIR | -x CDB) [--json]
   {PROG} import [-H] [-o DIR | -x CDB [-m MODE]] [--] [FILE]
   {PROG} add -i DIR [--replace] [--env=NAME=VALUE]... [--unset=NAME]... [--exec=TEXT] [--] KEY allow
   {PROG} add -i DIR [--replace] [--] KEY deny
@@ -61,6 +66,8 @@ Commands:
   check       say how the rules decide for a client at IP named NAME
               (exit 0: allowed, 1: denied); with IP -, for each line
               "IP [NAME]" of stdin (exit 1: one at least was denied)
+  list        print every rule of DIR or CDB, one a line, in the order
+              a lookup meets them
   import      translate djb tcprules text (FILE or stdin) into s6 rules;
               without -o or -x, list them
   add         put one rule under KEY in DIR, created if missing
@@ -77,7 +84,7 @@ Options:
   -m MODE            permissions of the cdb file, in octal
   -H                 no names: for a server run with -H
   -v                 check: also list the keys tried, in order
-  --json             print the answer as one JSON object
+  --json             print each answer or rule as one JSON object
   --env=NAME=VALUE   set NAME to VALUE for prog (repeatable)
   --unset=NAME       remove NAME from prog's environment (repeatable)
   --exec=TEXT        run execlineb -c TEXT instead of prog
@@ -124,6 +131,8 @@ def run(argv: list[str]) -> int:
             return fs_from_cdb.run([str(args["DIR"]), str(args["CDB"])])
         if args["check"]:
             return _check(args)
+        if args["list"]:
+            return _list(args)
         if args["import"]:
             return _import(args)
         if args["add"]:
@@ -194,18 +203,30 @@ def _answer(source: RuleSource, ip: str, name: str | None, names: bool, form: _F
 
 
 def _as_json(answer: Explanation) -> dict[str, object]:
-    rule = answer.rule
-    allowed = rule is not None and rule.allow
     return {
         "ip": answer.ip,
         "name": answer.name,
-        "decision": "allow" if allowed else "deny",
+        "decision": "allow" if answer.allowed else "deny",
         "key": answer.key,
-        "set": {n: v for n, v in rule.env if v is not None} if rule and allowed else {},
-        "unset": [n for n, v in rule.env if v is None] if rule and allowed else [],
-        "exec": (rule.exec or None) if rule and allowed else None,
+        **_changes(answer.rule),
         "tried": list(answer.tried),
     }
+
+
+def _changes(rule: Rule | None) -> dict[str, object]:
+    """What a rule does to prog's environment and command, as JSON fields (nothing for a denial)."""
+    if rule is None or not rule.allow:
+        return {"set": {}, "unset": [], "exec": None}
+    return {
+        "set": {n: v for n, v in _variables(rule) if v is not None},
+        "unset": [n for n, v in _variables(rule) if v is None],
+        "exec": rule.exec or None,
+    }
+
+
+def _variables(rule: Rule) -> list[tuple[str, str | None]]:
+    """The rule's variables by name: skarnet's compiler keeps a cdb's in directory order."""
+    return sorted(rule.env, key=itemgetter(0))
 
 
 def _as_text(answer: Explanation, ignored_name: str | None, *, tried: bool) -> str:
@@ -217,7 +238,7 @@ def _as_text(answer: Explanation, ignored_name: str | None, *, tried: bool) -> s
     lines.append(f"decision: {'allow' if answer.allowed else 'deny'}")
     lines.append(f"key: {answer.key}" if answer.key else "key: none (no rule matches)")
     if rule is not None and rule.allow:
-        for variable, value in rule.env:
+        for variable, value in _variables(rule):
             if value is None:
                 lines.append(f"unset: {variable}")
             else:
@@ -272,11 +293,36 @@ def _import(args: dict[str, object]) -> int:
     return 0
 
 
+def _list(args: dict[str, object]) -> int:
+    try:
+        if args["-i"] is not None:
+            rules = read_tree(str(args["-i"]))
+        else:
+            rules = read_cdb_rules(str(args["-x"]))
+    except RulesError as e:
+        raise _Failed(str(e)) from None
+    for key in sorted(rules, key=most_specific_first):
+        rule = rules[key]
+        if args["--json"]:
+            fields = {"key": key, "decision": "allow" if rule.allow else "deny", **_changes(rule)}
+            print(json.dumps(fields, ensure_ascii=False))
+        else:
+            print(_listing(key, rule))
+    return 0
+
+
 def _listing(key: str, rule: Rule) -> str:
+    """One rule on one line: KEY allow|deny, then NAME=VALUE to set, NAME to unset, --exec=TEXT.
+
+    Each word is quoted for a shell, or written as a JSON string when it is
+    not printable on one line (an exec file usually ends with a newline).
+    """
     words = [key, "allow" if rule.allow else "deny"]
-    for name, value in rule.env:
-        words.append(shlex.quote(name if value is None else f"{name}={value}"))
-    return " ".join(words)
+    for name, value in _variables(rule):
+        words.append(name if value is None else f"{name}={value}")
+    if rule.exec:
+        words.append(f"--exec={rule.exec}")
+    return " ".join(shlex.quote(w) if w.isprintable() else _show(w) for w in words)
 
 
 def _mode(text: object) -> int | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
+from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, read_cdb_rules, write_cdb
 from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.envdir import read_envdir
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
@@ -34,6 +34,7 @@ __all__ = [
     "most_specific_first",
     "name_keys",
     "read_cdb",
+    "read_cdb_rules",
     "read_envdir",
     "read_tree",
     "write_cdb",

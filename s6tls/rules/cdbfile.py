@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 
 import cdbx
 
-from s6tls.rules.codec import Rule, decode, encode
+from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
 from s6tls.rules.fs import read_tree
 
@@ -85,6 +85,15 @@ def read_cdb(path: str) -> dict[str, bytes]:
         raise RulesError(f"unable to read {path}: invalid cdb file") from None
     finally:
         cdb.close()
+
+
+def read_cdb_rules(path: str) -> dict[str, Rule]:
+    """Return every rule of a cdb file, by key, in file order (see decode_all)."""
+    records = read_cdb(path)
+    try:
+        return decode_all(records)
+    except RulesError as e:
+        raise RulesError(f"unable to read {path}: {e}") from None
 
 
 class CdbRules:
