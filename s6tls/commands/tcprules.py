@@ -225,7 +225,10 @@ def _changes(rule: Rule | None) -> dict[str, object]:
 
 
 def _variables(rule: Rule) -> list[tuple[str, str | None]]:
-    """The rule's variables by name: skarnet's compiler keeps a cdb's in directory order."""
+    """The rule's variables by name, so that a directory and its cdb read alike.
+
+    skarnet's compiler writes them in the order the directory lists them.
+    """
     return sorted(rule.env, key=itemgetter(0))
 
 

@@ -21,13 +21,10 @@ from typing import TYPE_CHECKING
 from s6tls.rules.codec import Rule, encode
 from s6tls.rules.errors import RulesError
 from s6tls.rules.fs import is_safe_key, make_dir, write_tree
-from s6tls.rules.keys import ip_keys, name_keys
+from s6tls.rules.keys import FAMILIES, ip_keys, name_keys
 
 if TYPE_CHECKING:
     from s6tls.rules import RuleSource
-
-# The parts of a rules directory that s6-tlsserver looks rules up in.
-_FAMILIES = ("ip4", "ip6", "reversedns")
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -143,7 +140,7 @@ def add_rule(rulesdir: str, key: str, rule: Rule, *, replace: bool = False) -> N
     created = make_dir(rulesdir)
     # A new ruleset gets every part, which shows where rules go; an existing
     # one only the part this key needs.
-    for part in _FAMILIES if created else (top,):
+    for part in FAMILIES if created else (top,):
         make_dir(f"{rulesdir}/{part}")
     staging = _temp_name(parent, name)
     write_tree(staging, {"rule": rule})

@@ -10,6 +10,10 @@ from collections.abc import Callable
 _IP4_BITS = 32
 _IP6_BITS = 128
 
+# The families of keys s6-tlsserver looks up, in the order it tries them
+# (uid/ and gid/ are s6-ipcserver's).
+FAMILIES = ("ip4", "ip6", "reversedns")
+
 
 def ip_keys(ip: str) -> list[str]:
     """Return the keys for every prefix of ``ip``, from the full address down to ``_0``.
@@ -67,11 +71,6 @@ def name_keys(name: str) -> list[str]:
     return keys
 
 
-# The families a lookup tries, in its order; any other one (uid/, gid/ for
-# s6-ipcserver) sorts after them, by name.
-_FAMILIES = {"ip4": 0, "ip6": 1, "reversedns": 2}
-
-
 def most_specific_first(key: str) -> tuple[int, str, int, int, str]:
     """Sort key that lists rules in the order a lookup meets them.
 
@@ -82,7 +81,7 @@ def most_specific_first(key: str) -> tuple[int, str, int, int, str]:
     server never looks up (``ip4/10.1.2.3_8``) comes at the end of its family.
     """
     family, _, rest = key.partition("/")
-    rank = _FAMILIES.get(family, len(_FAMILIES))
+    rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
     if family == "reversedns":
         labels = 0 if rest == "@" else rest.count(".") + 1
         return rank, family, -labels, 0, rest
