@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -70,3 +72,14 @@ def server(pki: PKI, tmp_path: Path) -> Iterator[ServerFactory]:
     yield factory
     for running in started:
         running.stop()
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory that uid 65534 can enter (pytest's tmp_path is root's only)."""
+    path = Path(tempfile.mkdtemp(prefix="s6tls-shared-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -7,7 +7,7 @@ import sys
 import docopt
 
 from s6tls.logline import say
-from s6tls.rules import NotARuleError, Rule, RulesError, decode, read_cdb, write_tree
+from s6tls.rules import RulesError, decode_all, read_cdb, write_tree
 
 PROG = "s6-accessrules-fs-from-cdb"
 USAGE = f"{PROG} dir cdbfile"
@@ -33,16 +33,11 @@ def run(argv: list[str]) -> int:
         records = read_cdb(cdbfile)
     except RulesError as e:
         return _say("fatal", str(e), 111)
-    rules: dict[str, Rule] = {}
-    for key, value in records.items():
-        try:
-            rules[key] = decode(value)
-        except NotARuleError:
-            # Neither allow nor deny: no rule, as for the servers' lookups.
-            continue
-        except RulesError:
-            invalid = f"{cdbfile} does not contain valid accessrules data"
-            return _say("fatal", f"unable to handle cdb record: {invalid}", 111)
+    try:
+        rules = decode_all(records)
+    except RulesError:
+        invalid = f"{cdbfile} does not contain valid accessrules data"
+        return _say("fatal", f"unable to handle cdb record: {invalid}", 111)
     try:
         write_tree(directory, rules)
     except RulesError as e:

@@ -1,4 +1,4 @@
-"""s6-tcprules: explain, script and import s6 access rules (compile, check, import, add, remove).
+"""s6-tcprules: explain, list, script and import s6 access rules.
 
 ``compile`` and ``decompile`` run the code of s6-accessrules-cdb-from-fs and
 s6-accessrules-fs-from-cdb (so their messages carry those names);
@@ -12,6 +12,8 @@ import os
 import re
 import shlex
 import sys
+from operator import itemgetter
+from typing import Literal
 
 import docopt
 
@@ -30,11 +32,15 @@ from s6tls.rules import (
     TcpRulesError,
     add_rule,
     canonical_key,
+    check_dir,
     convert_tcprules,
     create_ruleset,
     encode,
     explain,
+    most_specific_first,
     parse_tcprules,
+    read_cdb_rules,
+    read_tree,
     remove_rule,
     write_cdb,
 )
@@ -44,7 +50,8 @@ PROG = "s6-tcprules"
 USAGE = f"""Usage:
   {PROG} compile [-m MODE] [--] DIR CDB
   {PROG} decompile [--] CDB DIR
-  {PROG} check (-i DIR | -x CDB) [-H] [--json] [--] IP [NAME]
+  {PROG} check (-i DIR | -x CDB) [-H] [-v] [--json] [--] IP [NAME]
+  {PROG} list (-i DIR | -x CDB) [--json]
   {PROG} import [-H] [-o DIR | -x CDB [-m MODE]] [--] [FILE]
   {PROG} add -i DIR [--replace] [--env=NAME=VALUE]... [--unset=NAME]... [--exec=TEXT] [--] KEY allow
   {PROG} add -i DIR [--replace] [--] KEY deny
@@ -59,9 +66,12 @@ Commands:
   check       say how the rules decide for a client at IP named NAME
               (exit 0: allowed, 1: denied); with IP -, for each line
               "IP [NAME]" of stdin (exit 1: one at least was denied)
+  list        print every rule of DIR or CDB, one a line, in the order
+              a lookup meets them
   import      translate djb tcprules text (FILE or stdin) into s6 rules;
               without -o or -x, list them
-  add         put one rule under KEY in DIR (exit 1: KEY has a rule)
+  add         put one rule under KEY in DIR, created if missing
+              (exit 1: KEY has a rule)
   remove      remove the rule under KEY from DIR (exit 1: KEY has none)
 
 KEY is ip4/ADDRESS_LENGTH, ip6/ADDRESS_LENGTH, reversedns/NAME,
@@ -73,13 +83,17 @@ Options:
   -o DIR             rules directory to create
   -m MODE            permissions of the cdb file, in octal
   -H                 no names: for a server run with -H
-  --json             print the answer as one JSON object
+  -v                 check: also list the keys tried, in order
+  --json             print each answer or rule as one JSON object
   --env=NAME=VALUE   set NAME to VALUE for prog (repeatable)
   --unset=NAME       remove NAME from prog's environment (repeatable)
   --exec=TEXT        run execlineb -c TEXT instead of prog
   --replace          replace the rule KEY already has
   -h, --help         show this help
 """
+
+# How check answers: the decision and what it changes, the same with the keys tried, or JSON.
+_Form = Literal["short", "verbose", "json"]
 
 EXIT_USAGE = 100
 EXIT_FAILURE = 111
@@ -117,6 +131,8 @@ def run(argv: list[str]) -> int:
             return fs_from_cdb.run([str(args["DIR"]), str(args["CDB"])])
         if args["check"]:
             return _check(args)
+        if args["list"]:
+            return _list(args)
         if args["import"]:
             return _import(args)
         if args["add"]:
@@ -136,15 +152,18 @@ def _check(args: dict[str, object]) -> int:
     source: RuleSource
     if args["-i"] is not None:
         directory = str(args["-i"])
-        if not os.path.isdir(directory):
-            raise _Failed(f"unable to open rules directory {directory}: not a directory")
+        try:
+            check_dir(directory)  # the server would deny everyone; say why instead
+        except RulesError as e:
+            raise _Failed(str(e)) from None
         source = DirRules(directory)
     else:
         source = CdbRules(str(args["-x"]))
     names = not args["-H"]
+    form: _Form = "json" if args["--json"] else "verbose" if args["-v"] else "short"
     if args["IP"] != "-":
         name = None if args["NAME"] is None else str(args["NAME"])
-        return 0 if _answer(source, str(args["IP"]), name, names, bool(args["--json"])) else 1
+        return 0 if _answer(source, str(args["IP"]), name, names, form) else 1
     if args["NAME"] is not None:
         raise _Failed("NAME cannot follow - (give names on the lines of stdin)", EXIT_USAGE)
     allowed = True
@@ -155,50 +174,65 @@ def _check(args: dict[str, object]) -> int:
             continue
         if len(words) > 2:
             raise _Failed(f"stdin line {number}: expected IP [NAME]", EXIT_USAGE)
-        if answered and not args["--json"]:
+        if answered and form != "json":
             sys.stdout.write("\n")  # a blank line between two answers
         answered = True
         name = words[1] if len(words) == 2 else None
         try:
-            allowed = _answer(source, words[0], name, names, bool(args["--json"])) and allowed
+            allowed = _answer(source, words[0], name, names, form) and allowed
         except _Failed as e:
             raise _Failed(f"stdin line {number}: {e}", e.status) from None
     return 0 if allowed else 1
 
 
-def _answer(source: RuleSource, ip: str, name: str | None, names: bool, as_json: bool) -> bool:
-    """Print how ``source`` decides for one client; tell whether it is allowed."""
+def _answer(source: RuleSource, ip: str, name: str | None, names: bool, form: _Form) -> bool:
+    """Print how ``source`` decides for one client, in ``form``; tell whether it is allowed."""
     try:
         answer = explain(source, ip, name if names else None)
     except ValueError:
         raise _Failed(f"invalid IP address: {ip}", EXIT_USAGE) from None
     except RulesError as e:
         raise _Failed(str(e)) from None
-    if as_json:
+    if form == "json":
         print(json.dumps(_as_json(answer), ensure_ascii=False))
     else:
         ignored = None if names else name
-        sys.stdout.write(_as_text(answer, ignored))
+        sys.stdout.write(_as_text(answer, ignored, tried=form == "verbose"))
     sys.stdout.flush()
     return answer.allowed
 
 
 def _as_json(answer: Explanation) -> dict[str, object]:
-    rule = answer.rule
-    allowed = rule is not None and rule.allow
     return {
         "ip": answer.ip,
         "name": answer.name,
-        "decision": "allow" if allowed else "deny",
+        "decision": "allow" if answer.allowed else "deny",
         "key": answer.key,
-        "set": {n: v for n, v in rule.env if v is not None} if rule and allowed else {},
-        "unset": [n for n, v in rule.env if v is None] if rule and allowed else [],
-        "exec": (rule.exec or None) if rule and allowed else None,
+        **_changes(answer.rule),
         "tried": list(answer.tried),
     }
 
 
-def _as_text(answer: Explanation, ignored_name: str | None) -> str:
+def _changes(rule: Rule | None) -> dict[str, object]:
+    """What a rule does to prog's environment and command, as JSON fields (nothing for a denial)."""
+    if rule is None or not rule.allow:
+        return {"set": {}, "unset": [], "exec": None}
+    return {
+        "set": {n: v for n, v in _variables(rule) if v is not None},
+        "unset": [n for n, v in _variables(rule) if v is None],
+        "exec": rule.exec or None,
+    }
+
+
+def _variables(rule: Rule) -> list[tuple[str, str | None]]:
+    """The rule's variables by name, so that a directory and its cdb read alike.
+
+    skarnet's compiler writes them in the order the directory lists them.
+    """
+    return sorted(rule.env, key=itemgetter(0))
+
+
+def _as_text(answer: Explanation, ignored_name: str | None, *, tried: bool) -> str:
     name = answer.name or "no name"
     if ignored_name is not None:
         name = f"no name ({_show(ignored_name)} ignored: -H)"
@@ -207,14 +241,15 @@ def _as_text(answer: Explanation, ignored_name: str | None) -> str:
     lines.append(f"decision: {'allow' if answer.allowed else 'deny'}")
     lines.append(f"key: {answer.key}" if answer.key else "key: none (no rule matches)")
     if rule is not None and rule.allow:
-        for variable, value in rule.env:
+        for variable, value in _variables(rule):
             if value is None:
                 lines.append(f"unset: {variable}")
             else:
                 lines.append(f"set: {variable}={_show(value)}")
         if rule.exec:
             lines.append(f"exec: execlineb -c {_show(rule.exec, quote=True)}")
-    lines += [f"tried: {key}" for key in answer.tried]
+    if tried:
+        lines += [f"tried: {key}" for key in answer.tried]
     return "".join(f"{line}\n" for line in lines)
 
 
@@ -261,11 +296,36 @@ def _import(args: dict[str, object]) -> int:
     return 0
 
 
+def _list(args: dict[str, object]) -> int:
+    try:
+        if args["-i"] is not None:
+            rules = read_tree(str(args["-i"]))
+        else:
+            rules = read_cdb_rules(str(args["-x"]))
+    except RulesError as e:
+        raise _Failed(str(e)) from None
+    for key in sorted(rules, key=most_specific_first):
+        rule = rules[key]
+        if args["--json"]:
+            fields = {"key": key, "decision": "allow" if rule.allow else "deny", **_changes(rule)}
+            print(json.dumps(fields, ensure_ascii=False))
+        else:
+            print(_listing(key, rule))
+    return 0
+
+
 def _listing(key: str, rule: Rule) -> str:
+    """One rule on one line: KEY allow|deny, then NAME=VALUE to set, NAME to unset, --exec=TEXT.
+
+    Each word is quoted for a shell, or written as a JSON string when it is
+    not printable on one line (an exec file usually ends with a newline).
+    """
     words = [key, "allow" if rule.allow else "deny"]
-    for name, value in rule.env:
-        words.append(shlex.quote(name if value is None else f"{name}={value}"))
-    return " ".join(words)
+    for name, value in _variables(rule):
+        words.append(name if value is None else f"{name}={value}")
+    if rule.exec:
+        words.append(f"--exec={rule.exec}")
+    return " ".join(shlex.quote(w) if w.isprintable() else _show(w) for w in words)
 
 
 def _mode(text: object) -> int | None:

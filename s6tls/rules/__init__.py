@@ -8,12 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
-from s6tls.rules.codec import Rule, decode, encode
+from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, read_cdb_rules, write_cdb
+from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.envdir import read_envdir
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
-from s6tls.rules.fs import DirRules, lookup_dir, write_tree
-from s6tls.rules.keys import ip_keys, name_keys
+from s6tls.rules.fs import DirRules, check_dir, lookup_dir, read_tree, write_tree
+from s6tls.rules.keys import ip_keys, most_specific_first, name_keys
 
 __all__ = [
     "CdbRules",
@@ -23,15 +23,20 @@ __all__ = [
     "RuleSource",
     "RuleTooBigError",
     "RulesError",
+    "check_dir",
     "compile_dir",
     "decide",
     "decode",
+    "decode_all",
     "encode",
     "ip_keys",
     "lookup_dir",
+    "most_specific_first",
     "name_keys",
     "read_cdb",
+    "read_cdb_rules",
     "read_envdir",
+    "read_tree",
     "write_cdb",
     "write_tree",
 ]

@@ -10,9 +10,9 @@ from collections.abc import Iterable, Mapping
 
 import cdbx
 
-from s6tls.rules.codec import Rule, decode, encode
+from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
-from s6tls.rules.fs import lookup_dir
+from s6tls.rules.fs import read_tree
 
 # What cdbx raises for a file that is not a valid cdb (it depends on where the
 # damage is): OSError "Format Error", ValueError, OverflowError, SystemError.
@@ -25,25 +25,16 @@ _Identity = tuple[int, int, int, int, int]
 
 
 def compile_dir(rulesdir: str) -> dict[str, bytes]:
-    """Return the cdb records (key to value) for every rule in a rules directory.
-
-    Like upstream, every top-level directory (ip4, ip6, reversedns, uid, gid or
-    any other) is compiled and names starting with a dot are skipped.
-    """
+    """Return the cdb records (key to value) for every rule in a rules directory (see read_tree)."""
     records: dict[str, bytes] = {}
-    for top in _list_dir(rulesdir):
-        for name in _list_dir(f"{rulesdir}/{top}"):
-            key = f"{top}/{name}"
-            rule = lookup_dir(rulesdir, key)
-            if rule is None:
-                continue
-            try:
-                records[key] = encode(rule)
-            except RuleTooBigError as e:
-                message = f"{rulesdir}/{key}/{e.part} too big"
-                raise RuleTooBigError(e.part, e.size, message) from None
-            except RulesError as e:
-                raise RulesError(f"unable to compile {rulesdir}/{key}: {e}") from None
+    for key, rule in read_tree(rulesdir).items():
+        try:
+            records[key] = encode(rule)
+        except RuleTooBigError as e:
+            message = f"{rulesdir}/{key}/{e.part} too big"
+            raise RuleTooBigError(e.part, e.size, message) from None
+        except RulesError as e:
+            raise RulesError(f"unable to compile {rulesdir}/{key}: {e}") from None
     return records
 
 
@@ -94,6 +85,15 @@ def read_cdb(path: str) -> dict[str, bytes]:
         raise RulesError(f"unable to read {path}: invalid cdb file") from None
     finally:
         cdb.close()
+
+
+def read_cdb_rules(path: str) -> dict[str, Rule]:
+    """Return every rule of a cdb file, by key, in file order (see decode_all)."""
+    records = read_cdb(path)
+    try:
+        return decode_all(records)
+    except RulesError as e:
+        raise RulesError(f"unable to read {path}: {e}") from None
 
 
 class CdbRules:
@@ -208,11 +208,3 @@ def _copy_all(source: int, target: int) -> None:
         view = memoryview(chunk)
         while view:
             view = view[os.write(target, view) :]
-
-
-def _list_dir(path: str) -> list[str]:
-    try:
-        names = os.listdir(path)
-    except OSError as e:
-        raise RulesError(f"unable to opendir {path}: {e.strerror}") from None
-    return sorted(name for name in names if not name.startswith("."))

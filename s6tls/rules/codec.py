@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
@@ -67,6 +68,23 @@ def decode(value: bytes) -> Rule:
     env = _decode_env(value[3 : 3 + env_len])
     command = os.fsdecode(value[5 + env_len :])
     return Rule(allow=True, env=env, exec=command)
+
+
+def decode_all(records: Mapping[str, bytes]) -> dict[str, Rule]:
+    """Return the rules of cdb records, by key; RulesError naming the key of a malformed value.
+
+    A value that is no rule (NotARuleError) is left out, as lookups treat its
+    key as absent.
+    """
+    rules: dict[str, Rule] = {}
+    for key, value in records.items():
+        try:
+            rules[key] = decode(value)
+        except NotARuleError:
+            continue
+        except RulesError as e:
+            raise RulesError(f"key {key}: {e}") from None
+    return rules
 
 
 def _encode_variable(name: str, value: str | None) -> bytes:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 from s6tls.rules.codec import Rule, encode
 from s6tls.rules.errors import RulesError
-from s6tls.rules.fs import is_safe_key, write_tree
-from s6tls.rules.keys import ip_keys, name_keys
+from s6tls.rules.fs import is_safe_key, make_dir, write_tree
+from s6tls.rules.keys import FAMILIES, ip_keys, name_keys
 
 if TYPE_CHECKING:
     from s6tls.rules import RuleSource
@@ -124,20 +124,24 @@ def _network_key(text: str, address: str, length: int, version: int) -> str:
 
 
 def add_rule(rulesdir: str, key: str, rule: Rule, *, replace: bool = False) -> None:
-    """Put ``rule`` under ``key`` in an existing rules directory, atomically.
+    """Put ``rule`` under ``key`` in a rules directory, atomically.
 
-    Raises RuleExistsError if a rule is there and ``replace`` is false,
-    RuleTooBigError if the rule could not be compiled into a cdb, RulesError
-    for a key that is not the server's form or for a failed write.
+    A missing rules directory is created, with its ``ip4/``, ``ip6/`` and
+    ``reversedns/`` parts; its parent must exist. Raises RuleExistsError if
+    a rule is there and ``replace`` is false, RuleTooBigError if the rule
+    could not be compiled into a cdb, RulesError for a key that is not the
+    server's form or for a failed write.
     """
     _check_key(key)
     encode(rule)  # the limits of the cdb form, so the directory stays compilable
     top, name = key.split("/", 1)
     parent = f"{rulesdir}/{top}"
     target = f"{parent}/{name}"
-    if not os.path.isdir(rulesdir):
-        raise RulesError(f"unable to open {rulesdir}: not a directory")
-    _make_parent(parent)
+    created = make_dir(rulesdir)
+    # A new ruleset gets every part, which shows where rules go; an existing
+    # one only the part this key needs.
+    for part in FAMILIES if created else (top,):
+        make_dir(f"{rulesdir}/{part}")
     staging = _temp_name(parent, name)
     write_tree(staging, {"rule": rule})
     built = f"{staging}/rule"
@@ -197,15 +201,6 @@ def _check_key(key: str) -> None:
         raise RulesError(str(e)) from None
     if canonical != key:
         raise RulesError(f"key {key!r} is not in the server's form: use {canonical}")
-
-
-def _make_parent(parent: str) -> None:
-    try:
-        os.mkdir(parent, 0o755)
-    except FileExistsError:
-        return
-    except OSError as e:
-        raise RulesError(f"unable to mkdir {parent}: {e.strerror}") from None
 
 
 def _temp_name(parent: str, name: str) -> str:

@@ -1,4 +1,4 @@
-"""Rules kept as a directory tree (the ``-i`` form): read one rule, or write a whole tree."""
+"""Rules kept as a directory tree (the ``-i`` form): read one rule or all, or write a whole tree."""
 
 from __future__ import annotations
 
@@ -91,6 +91,29 @@ class DirRules:
         """Nothing to release; present so every rule source can be closed alike."""
 
 
+def read_tree(rulesdir: str) -> dict[str, Rule]:
+    """Return every rule of a rules directory, by key, in the order of the names.
+
+    Like upstream's compiler, every top-level directory (ip4, ip6, reversedns,
+    uid, gid or any other) is read and names starting with a dot are skipped.
+    """
+    rules: dict[str, Rule] = {}
+    for top in _list_dir(rulesdir):
+        for name in _list_dir(f"{rulesdir}/{top}"):
+            rule = lookup_dir(rulesdir, f"{top}/{name}")
+            if rule is not None:
+                rules[f"{top}/{name}"] = rule
+    return rules
+
+
+def _list_dir(path: str) -> list[str]:
+    try:
+        names = os.listdir(path)
+    except OSError as e:
+        raise RulesError(f"unable to opendir {path}: {e.strerror}") from None
+    return sorted(name for name in names if not name.startswith("."))
+
+
 def write_tree(directory: str, rules: Mapping[str, Rule]) -> None:
     """Create ``directory`` (which must not exist) holding ``rules`` as rule directories.
 
@@ -145,14 +168,14 @@ def _write_rule(directory: str, key: str, rule: Rule) -> None:
     path = directory
     for part in key.split("/"):
         path = f"{path}/{part}"
-        _make_dir(path)
+        make_dir(path)
     if not rule.allow:
         _write_file(f"{path}/deny", b"")
         return
     _write_file(f"{path}/allow", b"")
     if rule.env:
         envdir = f"{path}/env"
-        _make_dir(envdir)
+        make_dir(envdir)
         for name, value in rule.env:
             _write_file(f"{envdir}/{_envdir_name(envdir, name)}", _envdir_content(value))
     if rule.exec:
@@ -175,16 +198,30 @@ def _envdir_content(value: str | None) -> bytes:
     return os.fsencode(value).replace(b"\n", b"\0") + b"\n"
 
 
-def _make_dir(path: str) -> None:
+def make_dir(path: str) -> bool:
+    """Make sure ``path`` is a directory, creating it 0755 if missing; tell whether it was created.
+
+    RulesError names the real cause: a missing parent, a file in the way
+    (``Not a directory``), a directory that cannot be written.
+    """
     try:
         os.mkdir(path)
     except FileExistsError:
-        if not os.path.isdir(path):
-            raise RulesError(f"unable to mkdir {path}: File exists") from None
-        return
+        check_dir(path)
+        return False
     except OSError as e:
         raise RulesError(f"unable to mkdir {path}: {e.strerror}") from None
     _set_dir_mode(path)
+    return True
+
+
+def check_dir(path: str) -> None:
+    """Raise RulesError with the system's reason unless ``path`` is (or links to) a directory."""
+    try:
+        # O_PATH asks for no permission on the directory itself: only its kind matters here.
+        os.close(os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    except OSError as e:
+        raise RulesError(f"unable to open {path}: {e.strerror}") from None
 
 
 def _set_dir_mode(path: str) -> None:

@@ -10,6 +10,10 @@ from collections.abc import Callable
 _IP4_BITS = 32
 _IP6_BITS = 128
 
+# The families of keys s6-tlsserver looks up, in the order it tries them
+# (uid/ and gid/ are s6-ipcserver's).
+FAMILIES = ("ip4", "ip6", "reversedns")
+
 
 def ip_keys(ip: str) -> list[str]:
     """Return the keys for every prefix of ``ip``, from the full address down to ``_0``.
@@ -65,6 +69,37 @@ def name_keys(name: str) -> list[str]:
         start = dot + 1
     keys.append("reversedns/@")
     return keys
+
+
+def most_specific_first(key: str) -> tuple[int, str, int, int, str]:
+    """Sort key that lists rules in the order a lookup meets them.
+
+    Families come as a lookup tries them (ip4, ip6, reversedns, then any
+    other), and in each the most specific key first: the longest prefix, the
+    name with the most labels, ``reversedns/@`` last. So the first key of a
+    listing that matches a client is the one that decides for it. A key the
+    server never looks up (``ip4/10.1.2.3_8``) comes at the end of its family.
+    """
+    family, _, rest = key.partition("/")
+    rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
+    if family == "reversedns":
+        labels = 0 if rest == "@" else rest.count(".") + 1
+        return rank, family, -labels, 0, rest
+    if family in ("ip4", "ip6"):
+        return rank, family, *_prefix_order(key), rest
+    return rank, family, 0, 0, rest
+
+
+def _prefix_order(key: str) -> tuple[int, int]:
+    """(minus the prefix length, the address) of a key the server looks up; (1, 0) for any other."""
+    address, _, length = key.partition("/")[2].rpartition("_")
+    try:
+        keys = ip_keys(address)
+    except ValueError:
+        return 1, 0
+    if not length.isdecimal() or int(length) >= len(keys) or keys[-1 - int(length)] != key:
+        return 1, 0
+    return -int(length), int(ipaddress.ip_address(address))
 
 
 def _format_ip4(value: int) -> str:

@@ -14,7 +14,6 @@ import shutil
 import socket
 import ssl
 import struct
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -483,17 +482,6 @@ def test_missing_cdb_at_start_denies_until_created(server: ServerFactory, tmp_pa
     compile_cdb(OUR_CDB_FROM_FS, tree, cdb)
     assert attempt(srv.port, "127.0.0.1").env["TCPREMOTEIP"] == "127.0.0.1"
     assert len(logged(srv, str(cdb))) == 1
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory that uid 65534 can enter (pytest's tmp_path is root's only)."""
-    path = Path(tempfile.mkdtemp(prefix="s6tls-access-"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,4 +1,7 @@
-"""The rulesets of rules-examples/ through the real s6-tlsserver, clients on 127.0.0.1-3."""
+"""The rulesets of rules-examples/ through the real s6-tlsserver, clients on 127.0.0.1-3.
+
+The README's session of scripting a ruleset runs as it is shown, too.
+"""
 
 from __future__ import annotations
 
@@ -101,6 +104,41 @@ def test_every_ruleset_is_described_and_compiles(tmp_path: Path) -> None:
                 [compiler, str(cdb), str(ruleset)], capture_output=True, text=True, timeout=30
             )
             assert (done.returncode, done.stderr) == (0, ""), compiler
+
+
+def readme_session(heading: str) -> list[tuple[str, str]]:
+    """The commands of the README's literal block under ``heading``, each with its output."""
+    lines = (EXAMPLES / "README.rst").read_text().splitlines()
+    after = lines.index(heading)
+    start = next(i for i in range(after, len(lines)) if lines[i].endswith("::"))
+    block: list[str] = []
+    for line in lines[start + 1 :]:
+        if line and not line.startswith("    "):
+            break
+        block.append(line[4:])
+    session: list[tuple[str, str]] = []
+    for line in "\n".join(block).strip("\n").splitlines():
+        if line.startswith("$ "):
+            session.append((line[2:], ""))
+        else:
+            command, output = session[-1]
+            session[-1] = (command, f"{output}{line}\n")
+    return session
+
+
+def test_scripting_a_ruleset_from_nothing(server: ServerFactory, tmp_path: Path) -> None:
+    """The README's session, run as it is shown, in an empty directory; then served."""
+    session = readme_session("Scripting a ruleset from nothing")
+    used = {command.split()[1] for command, _ in session if command.startswith("s6-tcprules ")}
+    assert used == {"add", "list", "compile", "check"}
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for command, output in session:
+        done = subprocess.run(
+            ["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert done.stdout + done.stderr == output, command
+    srv = server("-H", "-x", str(tmp_path / "rules.cdb"), "127.0.0.1", "0", *ENV_PROG)
+    assert connect_from(srv.port, "127.0.0.1").env["ROLE"] == "local"
 
 
 def test_lan_only(server: ServerFactory) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -117,21 +115,10 @@ def test_key_certificate_mismatch_exits_111(pki):
     check_fatal(r, 111, str(pki.rsa.key), usage=False)
 
 
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory any user may enter (pytest's own are private to root)."""
-    import tempfile
-
-    d = Path(tempfile.mkdtemp(prefix="s6tls-startup-"))
-    d.chmod(0o755)
-    yield d
-    shutil.rmtree(d)
-
-
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
-def test_unreadable_key_exits_111(pki, world_dir):
-    key = world_dir / "key.pem"
-    cert = world_dir / "cert.pem"
+def test_unreadable_key_exits_111(pki, shared_dir):
+    key = shared_dir / "key.pem"
+    cert = shared_dir / "cert.pem"
     shutil.copyfile(pki.ec.key, key)
     shutil.copyfile(pki.ec.cert, cert)
     key.chmod(0)

@@ -10,6 +10,7 @@ import ipaddress
 import json
 import os
 import random
+import shutil
 import stat
 import subprocess
 import threading
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import cdbx
 import pytest
 
-from s6tls.rules import Rule, add_rule, lookup_dir, parse_tcprules
+from s6tls.rules import Rule, add_rule, lookup_dir, parse_tcprules, write_cdb
 from tests.support import client
 from tests.support.server import BIN
 
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 S6_TCPRULES = str(BIN / "s6-tcprules")
 CDB_FROM_FS = str(BIN / "s6-accessrules-cdb-from-fs")
 FS_FROM_CDB = str(BIN / "s6-accessrules-fs-from-cdb")
+SKARNET_CDB_FROM_FS = "/usr/bin/s6-accessrules-cdb-from-fs"
 TCPRULES = "/usr/bin/tcprules"
 TCPRULESCHECK = "/usr/bin/tcprulescheck"
 needs_ucspi = pytest.mark.skipif(
@@ -85,6 +87,15 @@ def records(path: Path) -> dict[bytes, bytes]:
 def entries(directory: Path) -> list[str]:
     """Every name under directory, hidden ones included, to spot leftovers."""
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+def unprivileged(*argv: str) -> list[str]:
+    """argv as a user whom permissions stop: root enters any directory, so uid 65534 then."""
+    if os.geteuid() != 0:
+        return list(argv)
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv]
 
 
 # --- compile and decompile: the s6-accessrules-* code -----------------------------
@@ -157,21 +168,22 @@ def source(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
 
 def test_check_says_which_key_decides(source: list[str]) -> None:
     done = tcprules("check", *source, "10.7.8.9")
-    assert done.returncode == 0
-    assert done.stderr == ""
-    lines = done.stdout.splitlines()
-    assert lines[:6] == [
+    assert (done.returncode, done.stderr) == (0, "")
+    answer = [
         "client: 10.7.8.9, no name",
         "decision: allow",
         "key: ip4/10.0.0.0_8",
         "unset: DEBUG",
         "set: SITE=office",
-        "tried: ip4/10.7.8.9_32",
     ]
-    assert lines[6:] == [
+    assert done.stdout.splitlines() == answer
+    # -v adds every key tried, in order, up to the one that decides.
+    verbose = tcprules("check", "-v", *source, "10.7.8.9")
+    assert (verbose.returncode, verbose.stderr) == (0, "")
+    assert verbose.stdout.splitlines() == answer + [
         f"tried: ip4/{n.network_address}_{n.prefixlen}"
         for n in (
-            ipaddress.ip_network(f"10.7.8.9/{length}", strict=False) for length in range(31, 7, -1)
+            ipaddress.ip_network(f"10.7.8.9/{length}", strict=False) for length in range(32, 7, -1)
         )
     ]
 
@@ -198,8 +210,17 @@ def test_check_denials_exit_1(source: list[str]) -> None:
     assert (denied["decision"], denied["key"], denied["set"]) == ("deny", "ip4/10.9.0.0_16", {})
     done = tcprules("check", *source, "192.0.2.1")
     assert done.returncode == 1
-    assert "key: none (no rule matches)" in done.stdout.splitlines()
-    assert done.stdout.count("tried: ") == 33
+    assert done.stdout.splitlines() == [
+        "client: 192.0.2.1, no name",
+        "decision: deny",
+        "key: none (no rule matches)",
+    ]
+    verbose = tcprules("check", "-v", *source, "192.0.2.1")
+    assert verbose.returncode == 1
+    assert verbose.stdout.startswith(done.stdout)
+    assert verbose.stdout.count("tried: ") == 33
+    ipv6 = tcprules("check", "-v", *source, "2001:db8::1")
+    assert (ipv6.returncode, ipv6.stdout.count("tried: ")) == (1, 129)
 
 
 def test_check_names(source: list[str]) -> None:
@@ -236,12 +257,13 @@ def test_check_many_clients_from_stdin(source: list[str]) -> None:
         tcprules("check", "--json", *source, "10.9.0.1"),
     ]
     assert many.stdout == "".join(done.stdout for done in singles)
-    text = tcprules("check", "-H", *source, "-", stdin=clients.encode())
-    assert text.returncode == 1
-    assert text.stdout == "\n".join(
-        tcprules("check", "-H", *source, *words).stdout
-        for words in (["10.7.8.9"], ["192.0.2.1", "www.example.com"], ["10.9.0.1"])
-    )
+    for options in (["-H"], ["-H", "-v"]):
+        text = tcprules("check", *options, *source, "-", stdin=clients.encode())
+        assert text.returncode == 1
+        assert text.stdout == "\n".join(
+            tcprules("check", *options, *source, *words).stdout
+            for words in (["10.7.8.9"], ["192.0.2.1", "www.example.com"], ["10.9.0.1"])
+        )
     allowed = tcprules("check", *source, "-", stdin=b"10.1.1.1\n10.2.2.2\n")
     assert allowed.returncode == 0
     bad = tcprules("check", *source, "-", stdin=b"10.1.1.1\n10.2.2.2 a b\n")
@@ -258,9 +280,17 @@ def test_check_errors(tmp_path: Path) -> None:
         100,
         "s6-tcprules: fatal: invalid IP address: 10.1.2\n",
     )
-    missing = tcprules("check", "-i", str(tmp_path / "none"), "10.1.2.3")
-    assert missing.returncode == 111
-    assert "none" in missing.stderr
+    missing = tcprules("check", "-i", "none", "10.1.2.3", cwd=tmp_path)
+    assert (missing.returncode, missing.stdout, missing.stderr) == (
+        111,
+        "",
+        "s6-tcprules: fatal: unable to open none: No such file or directory\n",
+    )
+    a_file = tcprules("check", "-i", "rules/ip4/10.0.0.0_8/allow", "10.1.2.3", cwd=tmp_path)
+    assert (a_file.returncode, a_file.stderr) == (
+        111,
+        "s6-tcprules: fatal: unable to open rules/ip4/10.0.0.0_8/allow: Not a directory\n",
+    )
     no_cdb = tcprules("check", "-x", str(tmp_path / "none.cdb"), "10.1.2.3")
     assert (no_cdb.returncode, no_cdb.stdout) == (111, "")
     assert no_cdb.stderr.startswith("s6-tcprules: fatal: unable to cdb_init ")
@@ -269,10 +299,135 @@ def test_check_errors(tmp_path: Path) -> None:
     assert usage.stderr.startswith("s6-tcprules: usage:\n")
 
 
+# --- list ----------------------------------------------------------------------------------
+
+TREE_LISTED = [
+    'ip4/10.1.2.3_32 allow "--exec=fdmove -c 2 1 echo hi\\n"',
+    "ip4/10.9.0.0_16 deny",
+    "ip4/10.0.0.0_8 allow DEBUG SITE=office",
+    "ip6/::1_128 allow",
+    "reversedns/example.com allow VIA=name",
+]
+
+
+def test_list_shows_every_rule_most_specific_first(source: list[str]) -> None:
+    done = tcprules("list", *source)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == TREE_LISTED
+    as_json = tcprules("list", "--json", *source)
+    assert as_json.returncode == 0
+    assert [json.loads(line) for line in as_json.stdout.splitlines()] == [
+        {"key": "ip4/10.1.2.3_32", "decision": "allow", "set": {}, "unset": [],
+         "exec": "fdmove -c 2 1 echo hi\n"},
+        {"key": "ip4/10.9.0.0_16", "decision": "deny", "set": {}, "unset": [], "exec": None},
+        {"key": "ip4/10.0.0.0_8", "decision": "allow", "set": {"SITE": "office"},
+         "unset": ["DEBUG"], "exec": None},
+        {"key": "ip6/::1_128", "decision": "allow", "set": {}, "unset": [], "exec": None},
+        {"key": "reversedns/example.com", "decision": "allow", "set": {"VIA": "name"},
+         "unset": [], "exec": None},
+    ]  # fmt: skip
+
+
+def test_list_is_the_same_for_a_directory_and_its_cdbs(tmp_path: Path) -> None:
+    tree = make_tree(
+        tmp_path / "rules",
+        {
+            **TREE,
+            # Variables in no particular directory order, which skarnet's compiler keeps.
+            **{f"ip4/10.1.2.3_32/env/{name}": f"{name.lower()}\n" for name in "QZAMB"},
+            "ip4/10.1.2.3_32/env/SPACE": "two words\n",
+            "ip4/10.1.2.3_32/env/TAB": "a\tb\n",
+            "ip4/0.0.0.0_0/deny": "",
+            "ip4/10.1.2.3_8/deny": "",  # never looked up: host bits set
+            "ip6/::_0/deny": "",
+            "reversedns/@/deny": "",
+            "reversedns/www.example.com/deny": "",
+            "uid/0/allow": "",  # s6-ipcserver's, compiled all the same
+            "ip4/empty/README": "",  # no allow, no deny: no rule
+        },
+    )
+    listed = tcprules("list", "-i", str(tree))
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines() == [
+        "ip4/10.1.2.3_32 allow A=a B=b M=m Q=q 'SPACE=two words' \"TAB=a\\tb\" Z=z"
+        ' "--exec=fdmove -c 2 1 echo hi\\n"',
+        *TREE_LISTED[1:3],
+        "ip4/0.0.0.0_0 deny",
+        "ip4/10.1.2.3_8 deny",
+        TREE_LISTED[3],
+        "ip6/::_0 deny",
+        "reversedns/www.example.com deny",
+        TREE_LISTED[4],
+        "reversedns/@ deny",
+        "uid/0 allow",
+    ]
+    assert tcprules("compile", str(tree), str(tmp_path / "ours.cdb")).returncode == 0
+    cdbs = [tmp_path / "ours.cdb"]
+    if os.path.exists(SKARNET_CDB_FROM_FS):
+        theirs = tmp_path / "theirs.cdb"
+        assert run(SKARNET_CDB_FROM_FS, str(theirs), str(tree)).returncode == 0
+        cdbs.append(theirs)
+    for cdb in cdbs:
+        for options in ([], ["--json"]):
+            from_cdb = tcprules("list", *options, "-x", str(cdb))
+            from_dir = tcprules("list", *options, "-i", str(tree))
+            assert (from_cdb.returncode, from_cdb.stderr) == (0, "")
+            assert from_cdb.stdout == from_dir.stdout
+
+
+def test_list_errors(tmp_path: Path) -> None:
+    make_tree(tmp_path, {"file": "", "empty/.hidden/x": ""})
+    empty = tcprules("list", "-i", "empty", cwd=tmp_path)
+    assert (empty.returncode, empty.stdout, empty.stderr) == (0, "", "")
+    for argv, message in [
+        (["-i", "none"], "unable to opendir none: No such file or directory"),
+        (["-i", "file"], "unable to opendir file: Not a directory"),
+        (["-x", "none.cdb"], "unable to cdb_init none.cdb: No such file or directory"),
+        (["-x", "file"], "unable to cdb_init file: invalid cdb file"),
+    ]:
+        done = tcprules("list", *argv, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (
+            111,
+            "",
+            f"s6-tcprules: fatal: {message}\n",
+        ), argv
+    # A value that is neither A nor D is no rule, as for the server; a damaged one is an error.
+    write_cdb(str(tmp_path / "odd.cdb"), {"ip4/10.0.0.0_8": b"D", "ip4/10.1.0.0_16": b"Xwhat"})
+    odd = tcprules("list", "-x", "odd.cdb", cwd=tmp_path)
+    assert (odd.returncode, odd.stdout, odd.stderr) == (0, "ip4/10.0.0.0_8 deny\n", "")
+    write_cdb(str(tmp_path / "bad.cdb"), {"ip4/10.0.0.0_8": b"D", "ip4/10.1.0.0_16": b"A\x00"})
+    bad = tcprules("list", "-x", "bad.cdb", cwd=tmp_path)
+    assert (bad.returncode, bad.stdout, bad.stderr) == (
+        111,
+        "",
+        "s6-tcprules: fatal: unable to read bad.cdb: key ip4/10.1.0.0_16:"
+        " invalid rule value: truncated\n",
+    )
+    for usage in (["list"], ["list", "-i", "a", "-x", "b"], ["list", "-i", "a", "more"]):
+        done = tcprules(*usage, cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (100, ""), usage
+        assert done.stderr.startswith("s6-tcprules: usage:\n")
+
+
+def test_list_names_an_unreadable_directory(shared_dir: Path) -> None:
+    rules = make_tree(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
+    rules.chmod(0)
+    try:
+        done = run(*unprivileged(S6_TCPRULES, "list", "-i", "rules"), cwd=shared_dir)
+    finally:
+        rules.chmod(0o755)
+    assert (done.returncode, done.stdout, done.stderr) == (
+        111,
+        "",
+        "s6-tcprules: fatal: unable to opendir rules: Permission denied\n",
+    )
+
+
 def test_help_and_usage() -> None:
     done = tcprules("--help")
     assert done.returncode == 0
     assert "s6-tcprules import [-H] [-o DIR | -x CDB [-m MODE]] [--] [FILE]" in done.stdout
+    assert "s6-tcprules list (-i DIR | -x CDB) [--json]" in done.stdout
     assert tcprules().returncode == 100
     assert tcprules("frobnicate").returncode == 100
 
@@ -560,6 +715,12 @@ def test_import_errors_name_the_line(tmp_path: Path, text: str, message: str) ->
     assert entries(tmp_path) == ["in"]
 
 
+def test_import_lists_a_value_that_is_not_printable_on_one_line() -> None:
+    done = tcprules("import", stdin=b'10.:allow,A="x\ty",B="two words"\n:deny\n')
+    assert (done.returncode, done.stderr) == (0, "")
+    assert "ip4/10.0.0.0_8 allow \"A=x\\ty\" 'B=two words'  # line 1\n" in done.stdout
+
+
 def test_import_unreadable_file(tmp_path: Path) -> None:
     done = tcprules("import", str(tmp_path / "missing"))
     assert (done.returncode, done.stdout) == (111, "")
@@ -637,7 +798,8 @@ def test_add_and_remove(tmp_path: Path) -> None:
          "not a variable an envdir can hold"),
         (["add", "-i", "rules", "ip4/10.0.0.0_8", "allow", "--exec", "x" * 4097], 100,
          "exec is 4097 bytes, more than 4096"),
-        (["add", "-i", "missing", "ip4/10.0.0.0_8", "allow"], 111, "unable to open missing"),
+        (["add", "-i", "missing/rules", "ip4/10.0.0.0_8", "allow"], 111,
+         "unable to mkdir missing/rules: No such file or directory"),
         (["remove", "-i", "rules", "10.0.0.0.0"], 100, "invalid key"),
     ],
 )  # fmt: skip
@@ -648,6 +810,106 @@ def test_add_and_remove_errors(tmp_path: Path, argv: list[str], status: int, mes
     assert done.stderr.startswith("s6-tcprules: fatal: ")
     assert message in done.stderr
     assert entries(tmp_path) == ["rules"]
+
+
+def test_a_ruleset_from_nothing(tmp_path: Path) -> None:
+    """A script's first ruleset: add into no directory, list, compile, list the cdb, check."""
+    for rule in (
+        ["10.0.0.0/8", "allow", "--env=SITE=office", "--unset=DEBUG"],
+        ["10.9.0.0/16", "deny"],
+        ["::1", "allow"],
+        ["0.0.0.0/0", "deny"],
+    ):
+        done = tcprules("add", "-i", "rules", *rule, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), rule
+    listed = tcprules("list", "-i", "rules", cwd=tmp_path)
+    assert (listed.returncode, listed.stderr) == (0, "")
+    assert listed.stdout.splitlines() == [
+        "ip4/10.9.0.0_16 deny",
+        "ip4/10.0.0.0_8 allow DEBUG SITE=office",
+        "ip4/0.0.0.0_0 deny",
+        "ip6/::1_128 allow",
+    ]
+    compiled = tcprules("compile", "rules", "rules.cdb", cwd=tmp_path)
+    assert (compiled.returncode, compiled.stderr) == (0, "")
+    assert tcprules("list", "-x", "rules.cdb", cwd=tmp_path).stdout == listed.stdout
+
+    short = tcprules("check", "-x", "rules.cdb", "10.1.2.3", cwd=tmp_path)
+    assert (short.returncode, short.stderr) == (0, "")
+    assert short.stdout.splitlines() == [
+        "client: 10.1.2.3, no name",
+        "decision: allow",
+        "key: ip4/10.0.0.0_8",
+        "unset: DEBUG",
+        "set: SITE=office",
+    ]
+    full = tcprules("check", "-v", "-x", "rules.cdb", "10.1.2.3", cwd=tmp_path)
+    assert full.returncode == 0
+    tried = [ipaddress.ip_network(f"10.1.2.3/{n}", strict=False) for n in range(32, 7, -1)]
+    assert full.stdout == short.stdout + "".join(
+        f"tried: ip4/{net.network_address}_{net.prefixlen}\n" for net in tried
+    )
+    denied = tcprules("check", "-x", "rules.cdb", "10.9.8.7", cwd=tmp_path)
+    assert (denied.returncode, denied.stdout) == (
+        1,
+        "client: 10.9.8.7, no name\ndecision: deny\nkey: ip4/10.9.0.0_16\n",
+    )
+
+
+def test_add_creates_a_missing_rules_directory(tmp_path: Path) -> None:
+    # Under umask 077 too: the server may read the rules as another user.
+    umask_077 = ["sh", "-c", 'umask 077 && exec "$0" "$@"', S6_TCPRULES]
+    done = run(*umask_077, "add", "-i", "rules", "10.0.0.0/8", "allow", cwd=tmp_path)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
+    rules = tmp_path / "rules"
+    modes = {
+        str(path.relative_to(tmp_path)): stat.S_IMODE(path.stat().st_mode)
+        for path in [rules, *rules.rglob("*")]
+        if path.is_dir()
+    }
+    assert modes == {
+        "rules": 0o755,
+        "rules/ip4": 0o755,
+        "rules/ip4/10.0.0.0_8": 0o755,
+        "rules/ip6": 0o755,
+        "rules/reversedns": 0o755,
+    }
+    assert tree_of(rules) == {"ip4/10.0.0.0_8/allow": ""}
+    # An existing directory gets only the part a key needs, as before.
+    (tmp_path / "other").mkdir()
+    assert tcprules("add", "-i", "other", "::1", "deny", cwd=tmp_path).returncode == 0
+    assert entries(tmp_path / "other") == ["ip6", "ip6/::1_128", "ip6/::1_128/deny"]
+
+
+@pytest.mark.parametrize(
+    ("in_the_way", "rulesdir", "message"),
+    [
+        ("rules", "rules", "unable to open rules: Not a directory"),
+        ("rules/ip4", "rules", "unable to open rules/ip4: Not a directory"),
+        ("rules", "rules/new", "unable to mkdir rules/new: Not a directory"),
+    ],
+)
+def test_add_names_a_file_in_the_way(
+    tmp_path: Path, in_the_way: str, rulesdir: str, message: str
+) -> None:
+    make_tree(tmp_path, {in_the_way: "not a directory\n"})
+    before = entries(tmp_path)
+    done = tcprules("add", "-i", rulesdir, "10.0.0.0/8", "deny", cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (111, "")
+    assert done.stderr == f"s6-tcprules: fatal: {message}\n"
+    assert entries(tmp_path) == before
+
+
+def test_add_names_an_unreadable_directory(shared_dir: Path) -> None:
+    rules = make_tree(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
+    rules.chmod(0)
+    try:
+        done = run(*unprivileged(S6_TCPRULES, "add", "-i", "rules", "::1", "deny"), cwd=shared_dir)
+        assert (done.returncode, done.stdout) == (111, "")
+        assert done.stderr == "s6-tcprules: fatal: unable to mkdir rules/ip6: Permission denied\n"
+    finally:
+        rules.chmod(0o755)
+    assert entries(rules) == ["ip4", "ip4/10.0.0.0_8", "ip4/10.0.0.0_8/deny"]
 
 
 def test_deny_takes_no_environment(tmp_path: Path) -> None:

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s6tls.rules import NotARuleError, Rule, RulesError, RuleTooBigError, decode, encode
+from s6tls.rules import (
+    NotARuleError,
+    Rule,
+    RulesError,
+    RuleTooBigError,
+    decode,
+    decode_all,
+    encode,
+)
 
 PROPERTY = settings(max_examples=500, deadline=None, database=None)
 
@@ -102,6 +110,13 @@ def test_malformed_values(raw: bytes) -> None:
     with pytest.raises(RulesError) as info:
         decode(raw)
     assert not isinstance(info.value, NotARuleError)
+
+
+def test_decode_all_leaves_out_what_is_no_rule() -> None:
+    records = {"ip4/a": E08_ALLOW, "uid/0": b"X", "ip4/b": b"D"}
+    assert decode_all(records) == {"ip4/a": decode(E08_ALLOW), "ip4/b": Rule(allow=False)}
+    with pytest.raises(RulesError, match=r"^key ip4/c: invalid rule value: truncated$"):
+        decode_all({**records, "ip4/c": b"A\x00"})
 
 
 names = st.text(

@@ -27,6 +27,7 @@ from s6tls.rules import (
     encode,
     lookup_dir,
     read_cdb,
+    read_tree,
     write_cdb,
     write_tree,
 )
@@ -281,6 +282,11 @@ def test_compile_walks_every_top_directory_and_skips_dot_names(tmp_path: Path) -
         },
     )
     assert sorted(compile_dir(str(root))) == ["custom/thing", "gid/default", "uid/0"]
+    assert read_tree(str(root)) == {
+        "custom/thing": Rule(allow=True),
+        "gid/default": Rule(allow=False),
+        "uid/0": Rule(allow=True),
+    }
 
 
 @pytest.mark.parametrize(

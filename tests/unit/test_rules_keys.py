@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s6tls.rules import ip_keys, name_keys
+from s6tls.rules import ip_keys, most_specific_first, name_keys
 
 PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
@@ -181,3 +181,41 @@ def test_zero_runs_compress_like_rfc5952(ip: str) -> None:
     assert ipaddress.IPv6Address(text) == address
     if address.ipv4_mapped is None:
         assert text == address.compressed
+
+
+def test_most_specific_first_lists_in_lookup_order() -> None:
+    keys = [
+        "uid/0", "reversedns/@", "ip4/10.1.2.3_8", "reversedns/example.com", "ip6/::_0",
+        "ip4/0.0.0.0_0", "ip4/10.10.0.0_16", "ip6/2001:DB8::_32", "gid/0", "ip4/10.9.0.0_16",
+        "reversedns/www.example.com", "ip4/10.0.0.0_8", "ip6/::1_128", "ip4/10.1.2.3_32",
+    ]  # fmt: skip
+    assert sorted(keys, key=most_specific_first) == [
+        "ip4/10.1.2.3_32", "ip4/10.9.0.0_16", "ip4/10.10.0.0_16", "ip4/10.0.0.0_8",
+        "ip4/0.0.0.0_0", "ip4/10.1.2.3_8",  # never looked up: host bits set
+        "ip6/::1_128", "ip6/::_0", "ip6/2001:DB8::_32",  # never looked up: upper case
+        "reversedns/www.example.com", "reversedns/example.com", "reversedns/@",
+        "gid/0", "uid/0",
+    ]  # fmt: skip
+
+
+# The key of any network (as the server writes it) or of any name.
+any_key = st.builds(
+    lambda address, length: ip_keys(str(address))[-1 - min(length, address.max_prefixlen)],
+    st.ip_addresses(),
+    st.integers(0, 128),
+) | st.lists(labels, min_size=1, max_size=3).map(lambda parts: "reversedns/" + ".".join(parts))
+
+
+@PROPERTY
+@given(
+    st.ip_addresses().map(str), st.lists(labels, min_size=1, max_size=4).map(".".join), st.data()
+)
+def test_the_first_listed_key_a_client_matches_decides(
+    ip: str, name: str, data: st.DataObject
+) -> None:
+    tried = ip_keys(ip) + name_keys(name)
+    ruleset = data.draw(st.sets(st.sampled_from(tried), max_size=6))
+    ruleset |= data.draw(st.sets(any_key, max_size=6))
+    listed = sorted(ruleset, key=most_specific_first)
+    first_listed = next((key for key in listed if key in tried), None)
+    assert first_listed == next((key for key in tried if key in ruleset), None)
