@@ -197,6 +197,10 @@ class Limits:
             self._slots.set_key(slot, _NONE)
             self._add(key, -1)
 
+    def total(self) -> int:
+        """Sessions running now, in every process (read without the lock: a glance)."""
+        return int(self._total[0])
+
     def counts(self, ip: str) -> tuple[int, int]:
         """ip's sessions, and all sessions, for the log."""
         with self._lock:

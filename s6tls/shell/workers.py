@@ -197,7 +197,9 @@ class Pool:
                 shares.append((busy_now[pid] - busy.get(pid, 0)) / 1e9 / span if span else 0)
             busy, then = busy_now, now
             loads.append(sum(shares))
-            if min(shares) >= BUSY_SHARE and len(serving) < self.policy.most:
+            # One session cannot be split: a worker helps only if there are more.
+            more = self.server.limits.total() > len(serving)
+            if min(shares) >= BUSY_SHARE and more and len(serving) < self.policy.most:
                 self._fork()
                 loads.clear()
             elif len(loads) == QUIET_SAMPLES:

@@ -105,11 +105,13 @@ def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path
     assert bench.returncode == 0, stderr
 
     header = next(line for line in stdout.splitlines() if line.split()[:2] == ["ours", "stunnel"])
-    assert header.split() == ["ours", "stunnel", "client", "CPU"]
+    assert header.split() == ["ours", "stunnel", "client", "CPU", "µs"]
     for label in (
-        "full c=1: sessions/s",
-        "full c=1: p99 ms",
-        "resumed c=4: sessions/s",
+        "full c=1 TLS 1.3: sessions/s",
+        "full c=1 TLS 1.3: p99 ms",
+        "full c=4 TLS 1.2: sessions/s",
+        "server CPU µs/session c=4 TLS 1.2",
+        "resumed c=4 TLS 1.3: sessions/s",
         "down MB/s",
         "up MB/s",
         "echo MB/s",
@@ -118,25 +120,51 @@ def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path
         "down: client CPU µs/MiB",
         "down: machine idle %",
         "KiB per idle session",
+        "idle server: PSS MiB",
+        "idle server: RSS MiB",
     ):
         cells = [c for c in _row(stdout, label) if not c.startswith("(") and c != "!"]
         numbers = [c for c in cells if NUMBER.match(c)]
         assert len(numbers) >= 2, f"{label}: {cells}"
         assert "!" not in _row(stdout, label), f"{label}: some session failed"
+    # the load client's CPU beside every rate
+    assert NUMBER.match(_row(stdout, "full c=4 TLS 1.3: sessions/s")[-1].split("-")[0])
     assert _row(stdout, "protocol")[:2] == ["TLSv1.3", "TLSv1.3"]
+    # after the load and a quiet time, ours (the default) is one process again
+    assert _row(stdout, "then 1 s quiet: processes")[:2] == ["1.00", "-"]
     assert "memory per idle session" in stdout  # the targets section
 
     saved = json.loads(out.read_text())
-    for key in ("full c=1", "resumed c=4", "down", "up", "echo", "idle"):
+    keys = ("full c=1 TLS 1.3", "full c=4 TLS 1.2", "resumed c=4 TLS 1.3", "down", "up", "echo")
+    for key in (*keys, "idle"):
         for server in ("ours", "stunnel"):
             (sample,) = saved["samples"][key][server]
             assert sample["errors"] == 0, (key, server, sample)
+    assert saved["samples"]["full c=4 TLS 1.2"]["ours"][0]["protocol"] == "TLSv1.2"
     assert saved["samples"]["idle"]["ours"][0]["sessions"] == 20
-    assert all(s["resumed"] > 0 for s in saved["samples"]["resumed c=4"]["ours"])
+    assert all(s["resumed"] > 0 for s in saved["samples"]["resumed c=4 TLS 1.3"]["ours"])
 
     assert saved["pids"], "the bench reported no process"
     assert _in_session(bench.pid) == []
     assert _left_behind(saved["pids"], ended) == []
+
+
+def test_workers_mode_measures_each_count(cache):
+    bench = _start(cache, "--smoke", "--workers", "1,2,default")
+    try:
+        stdout, stderr = bench.communicate(timeout=240)
+    finally:
+        if bench.poll() is None:
+            os.killpg(bench.pid, signal.SIGKILL)
+            bench.wait()
+    assert bench.returncode == 0, stderr
+    assert _in_session(bench.pid) == []
+    for label, processes in (("N=1", "1.00"), ("N=2", "2.00")):
+        cells = _row(stdout, label + " ")
+        assert cells[1] == processes, cells
+        assert "!" not in cells, f"{label}: some session failed"
+        assert all(NUMBER.match(c) for c in cells), cells
+    assert NUMBER.match(_row(stdout, "default ")[2])
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import report
+from benchlib import report, scaling
 from benchlib.certs import make_pair
 from benchlib.client import Client, ClientError, build
 from benchlib.procs import Interrupted, supervised
@@ -47,6 +47,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help=f"comma-separated, from {','.join(KINDS)} (default: all; --smoke: ours,stunnel)",
     )
     p.add_argument("--runs", type=int, help="runs of the sessions and transfer workloads")
+    p.add_argument(
+        "--workers",
+        metavar="LIST",
+        help="instead: how ours scales with S6TLS_WORKERS, for each count of LIST "
+        "(e.g. 1,2,4,8,default): full handshakes/s, server CPU and context switches "
+        "per session, with one load client per worker and with one session at a time",
+    )
     p.add_argument(
         "--ours", metavar="COMMAND", default=OURS, help=f"the s6-tlsserver to test (default {OURS})"
     )
@@ -101,6 +108,8 @@ def bench(args: argparse.Namespace) -> None:
     plan = PLANS["smoke" if args.smoke else "quick" if args.quick else "full"]
     if args.runs:
         plan = dataclasses.replace(plan, runs=args.runs)
+    if args.tls_version:
+        plan = dataclasses.replace(plan, versions=(args.tls_version,))
     names = (args.servers or ("ours,stunnel" if args.smoke else ",".join(KINDS))).split(",")
     unknown = [n for n in names if n not in KINDS]
     if unknown:
@@ -112,6 +121,13 @@ def bench(args: argparse.Namespace) -> None:
         sys.exit(f"tools/bench: {', '.join(missing)} not installed: run tools/install --test")
     kinds = [KINDS[n] for n in KINDS if n in names]
     _raise_fd_limit()
+    if args.workers:
+        try:
+            counts = scaling.parse_counts(args.workers)
+        except ValueError as e:
+            sys.exit(f"tools/bench: {e}")
+        workers(args, plan, counts)
+        return
     say = _Progress(args.verbose)
     began = time.monotonic()
     load_before = os.getloadavg()
@@ -120,7 +136,7 @@ def bench(args: argparse.Namespace) -> None:
         pair = make_pair(workdir, rsa=args.rsa)
         setup = Setup(pair, workdir, maxconn=max(plan.idle + 100, 200), ours=args.ours)
         try:
-            client = Client(build(procs), procs, args.tls_version)
+            client = Client(build(procs), procs)
             results = Bench(plan, kinds, setup, client, procs, say).run()
         except (ClientError, ServerError) as e:
             sys.exit(f"tools/bench: {e}")
@@ -128,8 +144,8 @@ def bench(args: argparse.Namespace) -> None:
     elapsed = time.monotonic() - began
     load_after = os.getloadavg()
     versions = _versions()
-    entries = report.verdicts(results)
-    print(_header(plan, pair.kind, args.tls_version, versions, load_before, load_after, elapsed))
+    entries = report.verdicts(results, plan)
+    print(_header(plan, pair.kind, versions, load_before, load_after, elapsed))
     print()
     print(report.table(results, kinds, plan))
     print()
@@ -138,7 +154,7 @@ def bench(args: argparse.Namespace) -> None:
         document: dict[str, Any] = {
             "plan": dataclasses.asdict(plan),
             "certificate": pair.kind,
-            "tls_version": args.tls_version or "negotiated",
+            "tls_versions": list(plan.versions),
             "servers": {k.name: k.note for k in kinds},
             "environment": {
                 "cpus": os.cpu_count(),
@@ -153,6 +169,41 @@ def bench(args: argparse.Namespace) -> None:
             "pids": started,
         }
         Path(args.json).write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+
+
+def workers(args: argparse.Namespace, plan: Plan, counts: list[int | None]) -> None:
+    """The --workers measurement, printed (and saved)."""
+    say = _Progress(args.verbose)
+    runs = args.runs or (1 if args.smoke else 3)
+    seconds = 0.5 if args.smoke else 2.0
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="s6tls-bench-") as tmp, supervised() as procs:
+        workdir = Path(tmp)
+        pair = make_pair(workdir, rsa=args.rsa)
+        setup = Setup(pair, workdir, maxconn=4096, ours=args.ours)
+        try:
+            client = Client(build(procs), procs)
+            kinds, results = scaling.measure_workers(
+                counts, setup, client, procs, say, runs, seconds
+            )
+        except (ClientError, ServerError) as e:
+            sys.exit(f"tools/bench: {e}")
+    print(
+        f"tools/bench --workers: {pair.kind}, TLS as negotiated, prog head -n1, "
+        f"{runs} runs alternating, {seconds:g} s per point, {time.monotonic() - began:.0f} s; "
+        f"machine: {len(os.sched_getaffinity(0))} CPUs usable, load average "
+        f"{os.getloadavg()[0]:.2f}"
+    )
+    print(
+        "cells: median (min-max) over runs; switches = voluntary context switches of the "
+        "server's processes; c=1: one client, one session at a time"
+    )
+    print()
+    print(scaling.table(kinds, results))
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(scaling.document(kinds, results), indent=1, ensure_ascii=False) + "\n"
+        )
 
 
 class _Progress:
@@ -170,7 +221,6 @@ class _Progress:
 def _header(
     plan: Plan,
     certificate: str,
-    tls_version: str | None,
     versions: dict[str, str],
     before: tuple[float, float, float],
     after: tuple[float, float, float],
@@ -179,18 +229,22 @@ def _header(
     per_point = f"{plan.count} sessions" if plan.count else f"{plan.seconds:g} s"
     return "\n".join(
         [
-            f"tools/bench ({plan.name}): {certificate}, TLS {tls_version or 'as negotiated'}, "
+            f"tools/bench ({plan.name}): {certificate}, full handshakes in TLS "
+            f"{' and '.join(plan.versions)}, the rest in TLS {plan.versions[0]}; "
             f"{plan.runs} runs alternating servers, {per_point} per sessions point, "
             f"{elapsed:.0f} s in all",
             f"machine: {os.cpu_count()} CPUs, load average {before[0]:.2f} before, "
             f"{after[0]:.2f} after (a shared machine moves absolute numbers; "
             "servers alternate, so compare within a row)",
-            f"ours = s6tls {versions['s6tls']} (Python {versions['python']}) with default flags, "
-            f"ours -D = with TCP_NODELAY; {versions['stunnel']} (exec mode, debug = err); "
+            f"ours = s6tls {versions['s6tls']} (Python {versions['python']}) with default flags "
+            "and S6TLS_WORKERS unset (workers as the load needs); ours N=1, N=2 = "
+            f"S6TLS_WORKERS=1, 2; ours -D = with TCP_NODELAY; "
+            f"{versions['stunnel']} (exec mode, debug = err); "
             f"{versions['socat']} (fork, EXEC); tcpserver = ucspi-tcp, plain TCP; "
             f"{versions['openssl']}",
             "cells: median (min-max) over runs; ! = some session failed; "
-            "client CPU = the load client's busiest median, share of one core",
+            "client CPU µs = the load client's (one event-driven process) per session or "
+            "per MiB, lowest-highest median over the servers",
             *(
                 [
                     "note: other load ran: the kernel shares CPU per thread, and stunnel runs "

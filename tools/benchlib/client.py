@@ -54,29 +54,42 @@ def build(procs: Processes) -> Path:
 class Client:
     """Runs the built client against one port; every run is a registered process."""
 
-    def __init__(self, binary: Path, procs: Processes, tls_version: str | None) -> None:
+    def __init__(self, binary: Path, procs: Processes) -> None:
         self.binary = binary
         self.procs = procs
-        self.tls_version = tls_version
 
-    def argv(self, mode: str, port: int, tls: bool, *options: str) -> list[str]:
+    def argv(
+        self, mode: str, port: int, tls: bool, *options: str, version: str | None = None
+    ) -> list[str]:
+        """The client's command line; version: the TLS version to force (None: negotiate)."""
         argv = [str(self.binary), mode, "127.0.0.1", str(port), *options]
         if not tls:
             argv.append("--plain")
-        elif self.tls_version:
-            argv += ["--tls-version", self.tls_version]
+        elif version:
+            argv += ["--tls-version", version]
         return argv
 
     def run(self, argv: list[str], timeout: float) -> dict[str, Any]:
         """Run to completion; its one JSON line, parsed."""
-        proc = self.procs.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.run_many([argv], timeout)[0]
+
+    def run_many(self, argvs: list[list[str]], timeout: float) -> list[dict[str, Any]]:
+        """Run several clients side by side to completion; the JSON line of each."""
+        procs = [
+            self.procs.start(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for argv in argvs
+        ]
+        results = []
         try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            raise ClientError(f"load client still running after {timeout:.0f} s") from None
+            for proc in procs:
+                try:
+                    out, err = proc.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise ClientError(f"load client still running after {timeout:.0f} s") from None
+                if proc.returncode != 0 or not out.strip():
+                    raise ClientError(f"load client failed (exit {proc.returncode}): {err.strip()}")
+                results.append(json.loads(out.strip().splitlines()[-1]))
         finally:
-            self.procs.stop(proc)
-        if proc.returncode != 0 or not out.strip():
-            raise ClientError(f"load client failed (exit {proc.returncode}): {err.strip()}")
-        result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
-        return result
+            for proc in procs:
+                self.procs.stop(proc)
+        return results

@@ -62,21 +62,42 @@ def progs_left(root: int) -> int:
     return len(_split(root)[1])
 
 
-def pss_kib(pid: int) -> int:
-    """Proportional set size of one process, in KiB (0 if it is gone)."""
+def _field(path: str, name: str) -> int:
+    """The number after ``name`` in a /proc file of ``Name: value`` lines (0 if gone)."""
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(name):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
 
 
+def pss_kib(pid: int) -> int:
+    """Proportional set size of one process, in KiB (0 if it is gone)."""
+    return _field(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of one process, in KiB (0 if it is gone)."""
+    return _field(f"/proc/{pid}/smaps_rollup", "Rss:")
+
+
 def server_pss_kib(root: int) -> tuple[int, int]:
     """Total PSS of the server side of root, and how many processes that is."""
     pids = server_pids(root)
     return sum(pss_kib(p) for p in pids), len(pids)
+
+
+def server_memory_kib(root: int) -> tuple[int, int, int]:
+    """PSS and RSS summed over the server side of root, and how many processes."""
+    pids = server_pids(root)
+    return sum(pss_kib(p) for p in pids), sum(rss_kib(p) for p in pids), len(pids)
+
+
+def switches(pids: list[int]) -> dict[int, int]:
+    """Voluntary context switches of each process (the times it went to sleep)."""
+    return {p: _field(f"/proc/{p}/status", "voluntary_ctxt_switches:") for p in pids}
 
 
 def server_cpu_seconds(root: int) -> tuple[float, float]:

@@ -73,16 +73,27 @@ def _base_env() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
 
-def _ours(nodelay: bool, workers: int = 1) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
+def _ours(
+    nodelay: bool, workers: int | None = None
+) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
+    """s6-tlsserver; workers: S6TLS_WORKERS (None: unset, as the load needs)."""
+
     def command(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Launch:
         limits = ["-c", str(setup.maxconn), "-C", str(setup.maxconn)]
         argv = [setup.ours, "-H", *limits, *(["-D"] if nodelay else [])]
         env = {**_base_env(), "KEYFILE": str(setup.pair.key), "CERTFILE": str(setup.pair.cert)}
-        if workers > 1:
+        if workers is not None:
             env["S6TLS_WORKERS"] = str(workers)
         return [*argv, "127.0.0.1", str(port), *prog], env
 
     return command
+
+
+def ours_with(workers: int | None) -> Kind:
+    """s6-tlsserver with S6TLS_WORKERS=workers (None: the default, as the load needs)."""
+    if workers is None:
+        return Kind("ours", "default", True, _ours(False), "S6TLS_WORKERS unset")
+    return Kind(f"ours-{workers}", f"N={workers}", True, _ours(False, workers))
 
 
 def _stunnel(setup: Setup, port: int, prog: Sequence[str], conf: Path) -> Launch:
@@ -119,9 +130,16 @@ def _tcpserver(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Lau
 KINDS: dict[str, Kind] = {
     k.name: k
     for k in (
-        Kind("ours", "ours", True, _ours(False), "s6-tlsserver, default flags (-d)"),
-        Kind("ours-D", "ours -D", True, _ours(True), "s6-tlsserver -D"),
+        Kind(
+            "ours",
+            "ours",
+            True,
+            _ours(False),
+            "s6-tlsserver, default flags (-d), S6TLS_WORKERS unset: workers as the load needs",
+        ),
+        Kind("ours-1", "ours N=1", True, _ours(False, 1), "s6-tlsserver, S6TLS_WORKERS=1"),
         Kind("ours-2", "ours N=2", True, _ours(False, 2), "s6-tlsserver, S6TLS_WORKERS=2"),
+        Kind("ours-D", "ours -D", True, _ours(True), "s6-tlsserver -D"),
         Kind("stunnel", "stunnel", True, _stunnel, "stunnel4, exec mode, debug = err"),
         Kind("socat", "socat", True, _socat, "socat OPENSSL-LISTEN,fork EXEC"),
         Kind("tcpserver", "tcpserver", False, _tcpserver, "ucspi-tcp, no TLS (ceiling)"),

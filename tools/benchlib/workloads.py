@@ -42,6 +42,9 @@ class Plan:
     idle: int  # idle sessions
     memory_runs: int
     nodelay_everywhere: bool  # ours -D at every concurrency, or only at 1 (its target)
+    versions: tuple[str, ...] = ("1.3", "1.2")  # TLS versions of the full handshakes
+    quiet_load: float = 5.0  # seconds of load before the quiet measurement
+    quiet: float = 30.0  # seconds without a connection before it
 
 
 MIB = 1 << 20
@@ -50,7 +53,7 @@ PLANS = {
     "smoke": Plan(
         "smoke", runs=1, seconds=0, warmup=0, count=20, concurrencies=(1, 4),
         down=4 * MIB, up=4 * MIB, echo=4 * MIB, idle=20, memory_runs=1,
-        nodelay_everywhere=True,
+        nodelay_everywhere=True, quiet_load=0.5, quiet=1.0,
     ),
     # About two minutes on an idle 2-core machine.
     "quick": Plan(
@@ -77,7 +80,7 @@ class Results:
         self.samples.setdefault(key, {}).setdefault(server, []).append(sample)
 
 
-def _rotated(kinds: Sequence[Kind], run: int) -> list[Kind]:
+def rotated(kinds: Sequence[Kind], run: int) -> list[Kind]:
     k = run % len(kinds) if kinds else 0
     return [*kinds[k:], *kinds[:k]]
 
@@ -122,9 +125,25 @@ class Bench:
 
     # -- the plan
 
+    def points(self) -> list[tuple[bool, int, str]]:
+        """(resumed, concurrency, TLS version) of every sessions measurement:
+        full handshakes in every version, resumed ones in the first."""
+        plan = self.plan
+        full = [(False, c, v) for v in plan.versions for c in plan.concurrencies]
+        return full + [(True, c, plan.versions[0]) for c in plan.concurrencies]
+
+    def _runs_at(self, kind: Kind, resume: bool, conc: int, version: str) -> bool:
+        """Whether kind takes part in this sessions measurement."""
+        if not kind.tls:  # plain TCP: once per concurrency
+            return not resume and version == self.plan.versions[0]
+        if kind.name in ("ours-1", "ours-2"):  # the worker comparison, at its concurrency
+            return not resume and conc == main_concurrency(self.plan)
+        if kind.name == "ours-D":
+            return not resume and (conc == 1 or self.plan.nodelay_everywhere)
+        return True
+
     def run(self) -> Results:
-        tls = [k for k in self.kinds if k.tls]
-        bulk = [k for k in self.kinds if k.name not in ("ours-D", "ours-2")]
+        bulk = [k for k in self.kinds if k.name not in ("ours-D", "ours-1", "ours-2")]
         wanted = [(k, "line") for k in self.kinds]
         wanted += [(k, w) for k in bulk for w in ("down", "up", "echo")]
         started = start_all([(k, self.progs[w], w) for k, w in wanted], self.setup, self.procs)
@@ -133,18 +152,16 @@ class Bench:
         streams = {key: server for key, server in by.items() if key[1] != "line"}
         for run in range(self.plan.runs):
             self.say(f"run {run + 1}/{self.plan.runs}: sessions")
-            for resume in (False, True):
-                for conc in self.plan.concurrencies:
-                    for kind in _rotated(tls if resume else self.kinds, run):
-                        if kind.name == "ours-D" and conc > 1 and not self.plan.nodelay_everywhere:
-                            continue
-                        key = f"{'resumed' if resume else 'full'} c={conc}"
+            for resume, conc, version in self.points():
+                key = point_key(resume, conc, version)
+                for kind in rotated(self.kinds, run):
+                    if self._runs_at(kind, resume, conc, version):
                         self._guarded(
-                            key, kind, self._sessions, kind, line[kind.name], conc, resume
+                            key, kind, self._sessions, kind, line[kind.name], conc, resume, version
                         )
             self.say(f"run {run + 1}/{self.plan.runs}: one-session transfers")
             for workload in ("down", "up", "echo"):
-                for kind in _rotated(bulk, run):
+                for kind in rotated(bulk, run):
                     server = streams[(kind.name, workload)]
                     self._guarded(workload, kind, self._transfer, kind, server, workload)
         for running in [*line.values(), *streams.values()]:
@@ -153,8 +170,12 @@ class Bench:
         held = [k for k in bulk if k.tls]
         for run in range(self.plan.memory_runs):
             self.say(f"memory {run + 1}/{self.plan.memory_runs}: {self.plan.idle} idle sessions")
-            for kind in _rotated(held, run):
+            for kind in rotated(held, run):
                 self._guarded("idle", kind, self._idle, kind, run)
+        quiet = [k for k in self.kinds if k.name in ("ours", "ours-1")]
+        if quiet:
+            self.say(f"after {self.plan.quiet_load:g} s of load and {self.plan.quiet:g} s quiet")
+            self._guarded("quiet", quiet[0], self._quiet, quiet)
         return self.results
 
     def _start(self, kind: Kind, workload: str) -> Running:
@@ -170,7 +191,7 @@ class Bench:
             self.results.add(key, kind.name, {"errors": 1, "failure": str(e)})
             self.say(f"  {key} {kind.label}: failed: {e}")
 
-    def _sessions(self, kind: Kind, server: Running, conc: int, resume: bool) -> None:
+    def _sessions(self, kind: Kind, server: Running, conc: int, resume: bool, version: str) -> None:
         plan = self.plan
         options = ["--conc", str(conc)]
         if plan.count:
@@ -182,9 +203,8 @@ class Bench:
         if resume:
             options.append("--resume")
         own0, children0 = memory.server_cpu_seconds(server.pid)
-        result = self.client.run(
-            self.client.argv("sessions", server.port, kind.tls, *options), timeout
-        )
+        argv = self.client.argv("sessions", server.port, kind.tls, *options, version=version)
+        result = self.client.run(argv, timeout)
         own1, children1 = memory.server_cpu_seconds(server.pid)
         total = int(result["total"])
         sample: Sample = {
@@ -209,7 +229,7 @@ class Bench:
             samples = int(result["samples"])
             sample["resumed"] = int(result["resumed"]) / samples if samples else 0.0
             sample["resume_kind"] = result["resume_kind"]
-        key = f"{'resumed' if resume else 'full'} c={conc}"
+        key = point_key(resume, conc, version)
         self.results.add(key, kind.name, sample)
         self.say(f"  {key:14} {kind.label:10} {sample['rate']:8.1f}/s", verbose=True)
 
@@ -224,9 +244,10 @@ class Bench:
         timeout = size / 5e6 + 60
         own0, children0 = memory.server_cpu_seconds(server.pid)
         idle0, all0 = memory.machine_ticks()
-        result = self.client.run(
-            self.client.argv("transfer", server.port, kind.tls, *options), timeout
+        argv = self.client.argv(
+            "transfer", server.port, kind.tls, *options, version=self.plan.versions[0]
         )
+        result = self.client.run(argv, timeout)
         idle1, all1 = memory.machine_ticks()
         own1, _ = memory.server_cpu_seconds(server.pid)
         reaped = _reaped(server.pid)
@@ -256,11 +277,17 @@ class Bench:
         server = self._start(kind, f"idle{run}")
         try:
             # A few sessions first, so what is set up once (imports, caches) is in the baseline.
-            warm = self.client.argv("idle", server.port, kind.tls, "--count", "10", "--conc", "2")
+            version = self.plan.versions[0]
+            warm = self.client.argv(
+                "idle", server.port, kind.tls, "--count", "10", "--conc", "2", version=version
+            )
             self.client.run(warm, timeout=60)
             time.sleep(0.3)
-            baseline, _ = memory.server_pss_kib(server.pid)
-            argv = self.client.argv("idle", server.port, kind.tls, "--count", str(n), "--conc", "8")
+            # The idle server, ready to serve: what one more service costs a machine.
+            baseline, baseline_rss, _ = memory.server_memory_kib(server.pid)
+            argv = self.client.argv(
+                "idle", server.port, kind.tls, "--count", str(n), "--conc", "8", version=version
+            )
             holder = self.procs.start(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
             )
@@ -283,6 +310,8 @@ class Bench:
         sample: Sample = {
             "kib_per_session": (loaded - baseline) / held if held else 0.0,
             "baseline_kib": baseline,
+            "idle_pss_mib": baseline / 1024,
+            "idle_rss_mib": baseline_rss / 1024,
             "loaded_kib": loaded,
             "sessions": held,
             "server_processes": processes,
@@ -292,6 +321,54 @@ class Bench:
         self.say(
             f"  idle {kind.label:10} {sample['kib_per_session']:8.1f} KiB/session", verbose=True
         )
+
+    def _quiet(self, kinds: list[Kind]) -> None:
+        """Each server after a burst of full handshakes (at concurrency 64) and
+        QUIET seconds without a connection: how many processes, what memory."""
+        plan = self.plan
+        servers = [(kind, self._start(kind, "line")) for kind in kinds]
+        try:
+            most: dict[str, int] = {}
+            for kind, server in servers:
+                options = ["--conc", "64", "--seconds", str(plan.quiet_load), "--warmup", "0"]
+                argv = self.client.argv(
+                    "sessions", server.port, True, *options, version=plan.versions[0]
+                )
+                proc = self.procs.start(argv, stdout=subprocess.PIPE, text=True)
+                most[kind.name] = 1
+                deadline = time.monotonic() + plan.quiet_load + 60
+                while proc.poll() is None and time.monotonic() < deadline:
+                    count = len(memory.server_pids(server.pid))
+                    most[kind.name] = max(most[kind.name], count)
+                    time.sleep(0.1)
+                out, _ = proc.communicate(timeout=60)
+                self.procs.stop(proc)
+                if not out.strip() or json.loads(out.strip().splitlines()[-1])["errors"]:
+                    raise ClientError(f"{kind.label}: the load before the quiet time failed")
+            time.sleep(plan.quiet)
+            for kind, server in servers:
+                pss, rss, processes = memory.server_memory_kib(server.pid)
+                sample: Sample = {
+                    "most_processes": most[kind.name],
+                    "processes": processes,
+                    "pss_mib": pss / 1024,
+                    "rss_mib": rss / 1024,
+                    "errors": 0,
+                }
+                self.results.add("quiet", kind.name, sample)
+        finally:
+            for _, server in servers:
+                self.procs.stop(server.proc)
+
+
+def main_concurrency(plan: Plan) -> int:
+    """The concurrency of the main targets: 16, or the highest measured."""
+    return 16 if 16 in plan.concurrencies else plan.concurrencies[-1]
+
+
+def point_key(resume: bool, conc: int, version: str) -> str:
+    """What a sessions measurement is saved under, e.g. ``full c=16 TLS 1.3``."""
+    return f"{'resumed' if resume else 'full'} c={conc} TLS {version}"
 
 
 UP_DONE = "done\n"
