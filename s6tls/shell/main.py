@@ -144,12 +144,12 @@ def main() -> None:
         ip, port = listener.getsockname()[:2]
         if short:
             service.log.warning(short)
+        service.log.info(f"starting - bound to ip {ip} port {port}")
+        service.log.info(f"status: 0/{opts.maxconn}")
         serve = start(service, listener, policy, ids)
     except S6tlsError as e:
         fail(e)
         return
-    service.log.info(f"starting - bound to ip {ip} port {port}")
-    service.log.info(f"status: 0/{opts.maxconn}")
     if opts.notify:
         notify_ready(port)
     os._exit(serve())
