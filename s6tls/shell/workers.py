@@ -3,11 +3,12 @@
 The process that was started serves, as a lone server would
 (``s6tls.shell.server``), and forks workers that serve beside it:
 
-- by default, one more whenever every serving process had work all through
-  the last second, up to the CPUs the server may run on; once the load of
-  the last QUIET_SAMPLES seconds would have fitted in fewer processes, at
-  RETIRE_SHARE of a core each, the newest workers retire: they stop
-  accepting, finish their sessions and exit. Idle, the server is one
+- by default, half as many again whenever every serving process had work
+  all through the last second and there are more sessions than processes
+  (one session cannot be split), up to the CPUs the server may run on; once
+  the load of the last QUIET_SAMPLES seconds would have fitted in fewer
+  processes, at RETIRE_SHARE of a core each, the newest workers retire: they
+  stop accepting, finish their sessions and exit. Idle, the server is one
   process again, and costs what a lone server costs;
 - with S6TLS_WORKERS=N, N-1 workers, always.
 
@@ -200,7 +201,9 @@ class Pool:
             # One session cannot be split: a worker helps only if there are more.
             more = self.server.limits.total() > len(serving)
             if min(shares) >= BUSY_SHARE and more and len(serving) < self.policy.most:
-                self._fork()
+                # Half as many again: 1, 2, 3, 5, 8, 12 ... processes, a second apart.
+                for _ in range(min(self.policy.most - len(serving), (len(serving) + 1) // 2)):
+                    self._fork()
                 loads.clear()
             elif len(loads) == QUIET_SAMPLES:
                 keep = max(self.policy.least, math.ceil(max(loads) / RETIRE_SHARE))

@@ -1,8 +1,10 @@
 """``tools/bench --workers 1,2,4,8``: how s6-tlsserver scales with its worker processes.
 
 For each S6TLS_WORKERS=N (and ``default``, unset), servers alternating run by
-run: full handshakes with one load client per worker, 16 sessions in flight
-each, then one session at a time. For both: sessions/s, the server's CPU and
+run: full handshakes with one load client per worker (for the default, as
+many as for the largest N), 16 sessions in flight each, after the same load
+has run a while (the default adds its workers as it goes), then one session
+at a time. For both: sessions/s, the server's CPU and
 voluntary context switches (times a process went to sleep) per session, and
 the client's CPU per session. Switches per session at one session at a time
 show how many processes each connection wakes.
@@ -85,6 +87,8 @@ def measure_workers(
             server = start(kind, setup, prog, procs, f"workers{run}")
             try:
                 clients = count or most
+                # The default forks its workers as the load goes on: let it grow first.
+                _measure(client, server, clients, 16, seconds if count else 6.0)
                 heavy = _measure(client, server, clients, 16, seconds)
                 results.add("heavy", kind.name, heavy)
                 light = _measure(client, server, 1, 1, seconds)
