@@ -231,15 +231,31 @@ def load() -> Iterator[list[Load]]:
 
 
 def processes(srv: Running) -> int:
-    return 1 + len(srv.forks())
+    """Processes that serve: the server and its workers (not the root helper)."""
+    me = uid_of(srv.pid)
+    return 1 + sum(uid_of(p) == me for p in srv.forks())
+
+
+as_nobody = {"TLS_UID": "65534", "TLS_GID": "65534"}
 
 
 @many_cpus
 @pytest.mark.timeout(90)
-def test_workers_come_under_load_and_go_when_quiet(server, pki, slow_pair, load):
+@pytest.mark.parametrize(
+    "identity",
+    [
+        {},
+        pytest.param(
+            as_nobody,
+            marks=pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
+            id="TLS_UID",
+        ),
+    ],
+)
+def test_workers_come_under_load_and_go_when_quiet(server, pki, slow_pair, load, identity):
     prog = ("/bin/sh", "-c", "echo conn=$TCPCONNNUM")
-    srv = server("-v", "-H", "127.0.0.1", "0", *prog, env=pki.env(slow_pair))
-    assert processes(srv) == 1
+    srv = server("-v", "-H", "127.0.0.1", "0", *prog, env={**pki.env(slow_pair), **identity})
+    assert len(srv.forks()) == (1 if identity else 0)  # with TLS_UID, the root helper
     load.append(Load(srv.port, threads=6))
     assert wait_for(lambda: processes(srv) > 1, timeout=20)
     most = len(os.sched_getaffinity(0))
