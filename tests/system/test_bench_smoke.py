@@ -92,17 +92,23 @@ def _row(table: str, label: str) -> list[str]:
     raise AssertionError(f"no row {label!r} in:\n{table}")
 
 
-def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path):
-    out = tmp_path / "bench.json"
-    bench = _start(cache, "--smoke", "--json", str(out))
+def _run(cache: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """Run the bench to its end; it and its stdout."""
+    bench = _start(cache, *args)
     try:
         stdout, stderr = bench.communicate(timeout=240)
     finally:
         if bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)
             bench.wait()
-    ended = _ticks_now()
     assert bench.returncode == 0, stderr
+    return bench, stdout
+
+
+def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path):
+    out = tmp_path / "bench.json"
+    bench, stdout = _run(cache, "--smoke", "--json", str(out))
+    ended = _ticks_now()
 
     header = next(line for line in stdout.splitlines() if line.split()[:2] == ["ours", "stunnel"])
     assert header.split() == ["ours", "stunnel", "client", "CPU", "µs"]
@@ -150,14 +156,7 @@ def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path
 
 
 def test_workers_mode_measures_each_count(cache):
-    bench = _start(cache, "--smoke", "--workers", "1,2,default")
-    try:
-        stdout, stderr = bench.communicate(timeout=240)
-    finally:
-        if bench.poll() is None:
-            os.killpg(bench.pid, signal.SIGKILL)
-            bench.wait()
-    assert bench.returncode == 0, stderr
+    bench, stdout = _run(cache, "--smoke", "--workers", "1,2,default")
     assert _in_session(bench.pid) == []
     for label, processes in (("N=1", "1.00"), ("N=2", "2.00")):
         cells = _row(stdout, label + " ")
