@@ -39,6 +39,12 @@ _RECV_BUFFER = bytearray(RECV_SIZE)
 # Where read() decrypts to, likewise (see s6tls.shell.fdio).
 _PLAIN_BUFFER = bytearray(PLAIN_BATCH)
 
+# TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, in this order of
+# preference, as Mozilla's "intermediate" profile (less its DHE suites). A
+# client that offers only CBC suites gets a handshake_failure alert. TLS 1.3's
+# suites are all AEAD; this string does not touch them.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
 _VERIFY = {
     ClientCert.NONE: ssl.CERT_NONE,
     ClientCert.OPTIONAL: ssl.CERT_OPTIONAL,
@@ -216,13 +222,15 @@ def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
 def _pair_context(
     settings: TlsSettings, files: Files, keyfile: str, certfile: str
 ) -> ssl.SSLContext:
-    """A server context: TLS 1.2 and 1.3, no renegotiation, no compression.
+    """A server context: TLS 1.2 and 1.3, ECDHE and AEAD suites in the
+    server's order, no renegotiation, no compression.
 
     Each context carries the client-certificate policy itself: OpenSSL keeps
     the first context's verify mode when SNI switches to another one.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     # A bare FIN must not poison the TLS object: the reply still has to go out.
     ctx.options |= (
         ssl.OP_NO_RENEGOTIATION
