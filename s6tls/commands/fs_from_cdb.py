@@ -7,7 +7,8 @@ import sys
 import docopt
 
 from s6tls.logline import say
-from s6tls.rules import NotARuleError, Rule, RulesError, decode, read_cdb, write_tree
+from s6tls.rules import NotARuleError, Rule, RulesError, decode, write_tree
+from s6tls.rules.cdbfile import read_cdb
 
 PROG = "s6-accessrules-fs-from-cdb"
 USAGE = f"{PROG} dir cdbfile"

@@ -17,27 +17,19 @@ import docopt
 
 from s6tls.commands import cdb_from_fs, fs_from_cdb
 from s6tls.logline import say
-from s6tls.rules import (
-    CdbRules,
-    DirRules,
+from s6tls.rules import DirRules, Rule, RulesError, RuleSource, RuleTooBigError, encode
+from s6tls.rules.cdbfile import CdbRules, write_cdb
+from s6tls.rules.edit import (
     Explanation,
     NoRuleError,
-    Rule,
     RuleExistsError,
-    RulesError,
-    RuleSource,
-    RuleTooBigError,
-    TcpRulesError,
     add_rule,
     canonical_key,
-    convert_tcprules,
     create_ruleset,
-    encode,
     explain,
-    parse_tcprules,
     remove_rule,
-    write_cdb,
 )
+from s6tls.rules.tcprules_text import TcpRulesError, convert_tcprules, parse_tcprules
 
 PROG = "s6-tcprules"
 
