@@ -21,7 +21,6 @@ from s6tls.options import SHORT_USAGE, Options, parse, unsigned
 from s6tls.rules import DirRules
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
-from s6tls.shell.names import Resolver
 from s6tls.shell.privsep import drop_privileges, parse_ids, use_helper
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
@@ -118,6 +117,8 @@ def build_service(opts: Options, env: dict[str, str]) -> Service:
 
         service.rules = CdbRules(opts.rulesfile)
     if opts.dns or opts.ident:
+        from s6tls.shell.names import Resolver  # the DNS and IDENT code, only when asked
+
         service.resolver = Resolver.from_environment(env, opts.hosts_first)
     return service
 
