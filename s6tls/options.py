@@ -1,20 +1,20 @@
 """The s6-tlsserver command line, parsed the way skarnet's tools parse it.
 
-The usage text below is the single description of the options: docopt-ng
-reads its option table, and the scan itself is POSIX getopt (clustered flags,
-attached or separate arguments, ``--``, stop at the first operand), so that
-of two contradicting flags the last one wins, as with upstream.
+The usage text below is the single description of the options: getopt's
+option string is read from its table, and the scan itself is POSIX getopt
+(clustered flags, attached or separate arguments, ``--``, stop at the first
+operand), so that of two contradicting flags the last one wins, as with
+upstream.
 """
 
 from __future__ import annotations
 
 import getopt
 import ipaddress
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
-
-import docopt
 
 from s6tls.errors import UsageError
 
@@ -125,12 +125,10 @@ class Options:
 
 
 def _optstring() -> str:
-    """Build getopt's option string from the usage text's option table."""
-    letters = []
-    for option in docopt.parse_options(USAGE):
-        assert option.short is not None
-        letters.append(option.short[1] + (":" if option.argcount else ""))
-    return "".join(letters)
+    """Build getopt's option string from the usage text's option table:
+    ``  -c maxconn  ...`` is ``c:``, ``  -q  ...`` is ``q``."""
+    table = re.findall(r"^  -(\w)( \w+)?", USAGE, re.MULTILINE)
+    return "".join(letter + (":" if argument else "") for letter, argument in table)
 
 
 OPTSTRING = _optstring()

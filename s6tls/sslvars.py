@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -39,6 +38,8 @@ def subject_string(subject: Subject) -> str:
 
 def cert_hash(der: bytes) -> str:
     """``SHA256:`` and the lowercase hex digest of a certificate's DER form."""
+    import hashlib  # here only: a server without client certificates never needs it
+
     return "SHA256:" + hashlib.sha256(der).hexdigest()
 
 

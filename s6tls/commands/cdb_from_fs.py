@@ -8,7 +8,8 @@ import sys
 import docopt
 
 from s6tls.logline import say
-from s6tls.rules import RulesError, RuleTooBigError, compile_dir, write_cdb
+from s6tls.rules import RulesError, RuleTooBigError
+from s6tls.rules.cdbfile import compile_dir, write_cdb
 
 PROG = "s6-accessrules-cdb-from-fs"
 USAGE = f"{PROG} [ -m mode ] cdbfile dir"

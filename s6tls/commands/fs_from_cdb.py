@@ -7,7 +7,8 @@ import sys
 import docopt
 
 from s6tls.logline import say
-from s6tls.rules import RulesError, decode_all, read_cdb, write_tree
+from s6tls.rules import RulesError, decode_all, write_tree
+from s6tls.rules.cdbfile import read_cdb
 
 PROG = "s6-accessrules-fs-from-cdb"
 USAGE = f"{PROG} dir cdbfile"

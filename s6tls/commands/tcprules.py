@@ -20,30 +20,28 @@ import docopt
 from s6tls.commands import cdb_from_fs, fs_from_cdb
 from s6tls.logline import say
 from s6tls.rules import (
-    CdbRules,
     DirRules,
-    Explanation,
-    NoRuleError,
     Rule,
-    RuleExistsError,
     RulesError,
     RuleSource,
     RuleTooBigError,
-    TcpRulesError,
+    check_dir,
+    encode,
+    most_specific_first,
+    read_tree,
+)
+from s6tls.rules.cdbfile import CdbRules, read_cdb_rules, write_cdb
+from s6tls.rules.edit import (
+    Explanation,
+    NoRuleError,
+    RuleExistsError,
     add_rule,
     canonical_key,
-    check_dir,
-    convert_tcprules,
     create_ruleset,
-    encode,
     explain,
-    most_specific_first,
-    parse_tcprules,
-    read_cdb_rules,
-    read_tree,
     remove_rule,
-    write_cdb,
 )
+from s6tls.rules.tcprules_text import TcpRulesError, convert_tcprules, parse_tcprules
 
 PROG = "s6-tcprules"
 

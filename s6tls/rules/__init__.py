@@ -1,6 +1,10 @@
 """Access rules (``-i`` directory or ``-x`` cdb): which clients are allowed, with what env or exec.
 
-Pure model: no sockets, no gevent, so the rules tools start fast.
+Pure model: no sockets, no gevent, so the rules tools start fast. The parts
+only some commands need are imported from their own modules, so that a server
+without ``-x`` never loads them: ``s6tls.rules.cdbfile`` (cdb files),
+``s6tls.rules.edit`` (scripting a ruleset) and ``s6tls.rules.tcprules_text``
+(djb's tcprules), the last two for the s6-tcprules command.
 """
 
 from __future__ import annotations
@@ -8,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, read_cdb_rules, write_cdb
 from s6tls.rules.codec import Rule, decode, decode_all, encode
 from s6tls.rules.envdir import read_envdir
 from s6tls.rules.errors import NotARuleError, RulesError, RuleTooBigError
@@ -16,7 +19,6 @@ from s6tls.rules.fs import DirRules, check_dir, lookup_dir, read_tree, write_tre
 from s6tls.rules.keys import ip_keys, most_specific_first, name_keys
 
 __all__ = [
-    "CdbRules",
     "DirRules",
     "NotARuleError",
     "Rule",
@@ -24,7 +26,6 @@ __all__ = [
     "RuleTooBigError",
     "RulesError",
     "check_dir",
-    "compile_dir",
     "decide",
     "decode",
     "decode_all",
@@ -33,11 +34,8 @@ __all__ = [
     "lookup_dir",
     "most_specific_first",
     "name_keys",
-    "read_cdb",
-    "read_cdb_rules",
     "read_envdir",
     "read_tree",
-    "write_cdb",
     "write_tree",
 ]
 
@@ -62,47 +60,3 @@ def decide(source: RuleSource, ip: str, name: str | None) -> tuple[str, Rule] | 
     if name:
         keys += name_keys(name)
     return source.find(keys)
-
-
-# Scripting a ruleset and importing djb's tcprules (the s6-tcprules command).
-from s6tls.rules.edit import (  # noqa: E402
-    Explanation,
-    NoRuleError,
-    RuleExistsError,
-    add_rule,
-    canonical_key,
-    create_ruleset,
-    explain,
-    remove_rule,
-)
-from s6tls.rules.tcprules_text import (  # noqa: E402
-    Conversion,
-    TcpRule,
-    TcpRulesError,
-    convert_tcprules,
-    import_tcprules,
-    parse_tcprules,
-    range_prefixes,
-    tcprules_table,
-    tcpserver_lookup,
-)
-
-__all__ += [
-    "Conversion",
-    "Explanation",
-    "NoRuleError",
-    "RuleExistsError",
-    "TcpRule",
-    "TcpRulesError",
-    "add_rule",
-    "canonical_key",
-    "convert_tcprules",
-    "create_ruleset",
-    "explain",
-    "import_tcprules",
-    "parse_tcprules",
-    "range_prefixes",
-    "remove_rule",
-    "tcprules_table",
-    "tcpserver_lookup",
-]

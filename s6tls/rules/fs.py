@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from collections.abc import Iterable, Mapping
 
@@ -128,6 +127,8 @@ def write_tree(directory: str, rules: Mapping[str, Rule]) -> None:
         for key, rule in rules.items():
             _write_rule(directory, key, rule)
     except BaseException:
+        import shutil  # here only: the server never writes a tree
+
         shutil.rmtree(directory, ignore_errors=True)
         raise
 

@@ -8,7 +8,6 @@ import socket
 from s6tls import logline
 from s6tls.environ import Connection
 from s6tls.rules import Rule, RulesError, decide
-from s6tls.shell.names import NameLookupFailed
 from s6tls.shell.service import Service
 
 
@@ -31,6 +30,8 @@ def check_access(
     if opts.banner:
         sock.sendall(opts.banner)
     if service.resolver is not None:
+        from s6tls.shell.names import NameLookupFailed  # loaded with the resolver
+
         try:
             names = service.resolver.lookup(
                 conn.remote_ip,

@@ -8,9 +8,17 @@ can wait, and a write that must wait keeps its own copy of the rest.
 from __future__ import annotations
 
 import fcntl
+import mmap
 import os
 
 from gevent.socket import wait_read, wait_write
+
+
+def shared_buffer(size: int) -> memoryview:
+    """A buffer for the whole process whose pages take memory only once a
+    session writes to them (a bytearray is zeroed, all of it resident, at
+    start-up); private, so that forked workers each write to their own."""
+    return memoryview(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE))
 
 
 def read_into(fd: int, buf: memoryview) -> int:

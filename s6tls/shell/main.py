@@ -17,11 +17,10 @@ from gevent import socket as gsocket
 from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse, unsigned
-from s6tls.rules import CdbRules, DirRules
+from s6tls.rules import DirRules
 from s6tls.shell.descriptors import raise_for
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
-from s6tls.shell.names import Resolver
 from s6tls.shell.privsep import parse_ids, use_helper
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
@@ -112,8 +111,12 @@ def build_service(opts: Options, env: dict[str, str]) -> Service:
     if opts.rulesdir is not None:
         service.rules = DirRules(opts.rulesdir)
     elif opts.rulesfile is not None:
+        from s6tls.rules.cdbfile import CdbRules  # the cdb code, only with -x
+
         service.rules = CdbRules(opts.rulesfile)
     if opts.dns or opts.ident:
+        from s6tls.shell.names import Resolver  # the DNS and IDENT code, only when asked
+
         service.resolver = Resolver.from_environment(env, opts.hosts_first)
     return service
 

@@ -55,7 +55,7 @@ from s6tls.environ import Connection, is_tls_variable, tcp_environ
 from s6tls.errors import UsageError
 from s6tls.launch import prog_command
 from s6tls.options import Options, unsigned
-from s6tls.rules import Rule, RuleSource, compile_dir, decode, read_cdb
+from s6tls.rules import Rule, RuleSource, decode
 from s6tls.rules.errors import RulesError
 from s6tls.shell.fdio import to_null
 from s6tls.shell.service import Service
@@ -291,6 +291,8 @@ class Helper:
         raise HelperError(f"{path} is not a file the configuration names")
 
     def _ruleset_paths(self) -> set[str]:
+        from s6tls.rules.cdbfile import compile_dir, read_cdb  # only with -i or -x
+
         if self.opts.rulesdir:
             records = compile_dir(self.opts.rulesdir)
         elif self.opts.rulesfile:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import gevent
 
-from s6tls.shell.fdio import grow_pipe, read_into, write_all
+from s6tls.shell.fdio import grow_pipe, read_into, shared_buffer, write_all
 from s6tls.shell.tls import PLAIN_CHUNK, TlsStream
 
 
@@ -29,7 +29,7 @@ class RelayEnd:
 
 
 # Where prog's output is read, for the whole process (see s6tls.shell.fdio).
-_FROM_PROG = bytearray(PLAIN_CHUNK)
+_FROM_PROG = shared_buffer(PLAIN_CHUNK)
 
 
 def _to_prog(stream: TlsStream, fd: int, end: RelayEnd) -> None:
@@ -55,7 +55,7 @@ def relay(stream: TlsStream, stdin: int, stdout: int, close_notify: bool) -> Rel
     upstream = gevent.spawn(_to_prog, stream, stdin, end)
     try:
         grown = False
-        buf = memoryview(_FROM_PROG)
+        buf = _FROM_PROG
         while n := read_into(stdout, buf):
             if n == PLAIN_CHUNK and not grown:
                 grown = True

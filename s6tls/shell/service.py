@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from s6tls.logline import Log
 from s6tls.options import Options
 from s6tls.rules import RuleSource
-from s6tls.shell.names import Resolver
 from s6tls.shell.spawn import Launcher
 from s6tls.shell.tls import ContextCache
 from s6tls.tlsconfig import TlsSettings, settings_from
+
+if TYPE_CHECKING:
+    from s6tls.shell.names import Resolver  # imported only when lookups are on
 
 
 @dataclass

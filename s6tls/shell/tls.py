@@ -22,7 +22,7 @@ from gevent.socket import socket as GeventSocket
 
 from s6tls.errors import SystemFailure
 from s6tls.options import ClientCert
-from s6tls.shell.fdio import read_into, write_all
+from s6tls.shell.fdio import read_into, shared_buffer, write_all
 from s6tls.sslvars import TlsInfo
 from s6tls.tlsconfig import TlsSettings, match_name
 
@@ -35,9 +35,15 @@ PLAIN_BATCH = 4 * PLAIN_CHUNK
 # One receive buffer for the whole process: _fill copies what it received into
 # OpenSSL before anything else can run, so sessions never see each other's
 # bytes, and an idle session holds no 64 KiB buffer of its own.
-_RECV_BUFFER = bytearray(RECV_SIZE)
+_RECV_BUFFER = shared_buffer(RECV_SIZE)
 # Where read() decrypts to, likewise (see s6tls.shell.fdio).
-_PLAIN_BUFFER = bytearray(PLAIN_BATCH)
+_PLAIN_BUFFER = shared_buffer(PLAIN_BATCH)
+
+# TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, in this order of
+# preference, as Mozilla's "intermediate" profile (less its DHE suites). A
+# client that offers only CBC suites gets a handshake_failure alert. TLS 1.3's
+# suites are all AEAD; this string does not touch them.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
 
 _VERIFY = {
     ClientCert.NONE: ssl.CERT_NONE,
@@ -216,13 +222,15 @@ def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
 def _pair_context(
     settings: TlsSettings, files: Files, keyfile: str, certfile: str
 ) -> ssl.SSLContext:
-    """A server context: TLS 1.2 and 1.3, no renegotiation, no compression.
+    """A server context: TLS 1.2 and 1.3, ECDHE and AEAD suites in the
+    server's order, no renegotiation, no compression.
 
     Each context carries the client-certificate policy itself: OpenSSL keeps
     the first context's verify mode when SNI switches to another one.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
     # A bare FIN must not poison the TLS object: the reply still has to go out.
     ctx.options |= (
         ssl.OP_NO_RENEGOTIATION
@@ -306,10 +314,9 @@ class TlsStream:
 
     def _fill(self) -> None:
         """Move what the socket has into OpenSSL; at EOF, tell OpenSSL so."""
-        view = memoryview(_RECV_BUFFER)
-        n = read_into(self.sock.fileno(), view)
+        n = read_into(self.sock.fileno(), _RECV_BUFFER)
         if n:
-            self._in.write(view[:n])
+            self._in.write(_RECV_BUFFER[:n])
         else:
             self._in.write_eof()
 
@@ -376,7 +383,7 @@ class TlsStream:
         bulk upload reaches prog in few large writes. The view is of a buffer
         the whole process shares: use it before anything can wait.
         """
-        buf = memoryview(_PLAIN_BUFFER)
+        buf = _PLAIN_BUFFER
         size = 0
         while True:
             try:

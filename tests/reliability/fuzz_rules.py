@@ -25,18 +25,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from s6tls.rules import (
-    CdbRules,
-    DirRules,
-    Rule,
-    RulesError,
-    decode,
-    encode,
-    lookup_dir,
-    read_cdb,
-    read_envdir,
-    write_cdb,
-)
+from s6tls.rules import DirRules, Rule, RulesError, decode, encode, lookup_dir, read_envdir
+from s6tls.rules.cdbfile import CdbRules, read_cdb, write_cdb
 
 # No single input may take longer than this.
 ALARM_SECONDS = 5

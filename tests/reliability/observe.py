@@ -27,6 +27,21 @@ def rss_kib(pid: int) -> int:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
+def private_kib(pid: int) -> int:
+    """Memory that is pid's alone (private clean + dirty pages, "USS"), in KiB:
+    what one more such process costs the machine, whatever else shares its libraries."""
+    fields = dict(
+        line.split(":") for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    )
+    return int(fields["Private_Clean"].split()[0]) + int(fields["Private_Dirty"].split()[0])
+
+
+def mapped_files(pid: int) -> set[str]:
+    """The files pid has mapped: its executable, shared libraries, extension modules."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {fields[5] for fields in (line.split(maxsplit=5) for line in lines) if len(fields) > 5}
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time pid has used so far (user + system)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()

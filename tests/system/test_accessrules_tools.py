@@ -13,7 +13,8 @@ from pathlib import Path
 import cdbx
 import pytest
 
-from s6tls.rules import CdbRules, Rule, decode, write_cdb
+from s6tls.rules import Rule, decode
+from s6tls.rules.cdbfile import CdbRules, write_cdb
 
 BIN = Path(sys.executable).parent
 SKARNET_CDB_FROM_FS = "/usr/bin/s6-accessrules-cdb-from-fs"

@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING
 import cdbx
 import pytest
 
-from s6tls.rules import Rule, add_rule, lookup_dir, parse_tcprules, write_cdb
+from s6tls.rules import Rule, lookup_dir
+from s6tls.rules.cdbfile import write_cdb
+from s6tls.rules.edit import add_rule
+from s6tls.rules.tcprules_text import parse_tcprules
 from tests.support import client
 from tests.support.server import BIN
 

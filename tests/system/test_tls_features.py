@@ -279,6 +279,33 @@ def test_bad_replacement_keeps_the_last_good_pair(server, pki, tmp_path):
     assert env_via(srv.port)[1] == pki.ec.cert_der_bytes
 
 
+# -- cipher suites
+
+
+@pytest.mark.parametrize("pair", ["ec", "rsa"])
+def test_tls12_suites_are_ecdhe_with_aead_in_the_servers_order(server, pki, pair):
+    srv = server("-H", "127.0.0.1", "0", "/bin/cat", env=pki.env(getattr(pki, pair)))
+    ctx = client.context(version=ssl.TLSVersion.TLSv1_2)
+    auth = "ECDSA" if pair == "ec" else "RSA"
+    # The client would rather have ChaCha20; the server picks AES-256-GCM.
+    ctx.set_ciphers(f"ECDHE-{auth}-CHACHA20-POLY1305:ECDHE-{auth}-AES256-GCM-SHA384")
+    with client.connect(srv.port, ctx=ctx) as s:
+        assert s.cipher()[0] == f"ECDHE-{auth}-AES256-GCM-SHA384"
+        assert client.echo(s) == b"ping\n"
+
+
+def test_a_client_with_only_cbc_suites_gets_a_handshake_failure(server, tmp_path):
+    marker, prog = marker_prog(tmp_path)
+    srv = server("-H", "127.0.0.1", "0", *prog)
+    ctx = client.context(version=ssl.TLSVersion.TLSv1_2)
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA256:ECDHE-ECDSA-AES128-SHA:AES128-SHA")
+    with pytest.raises(ssl.SSLError, match="HANDSHAKE_FAILURE"):
+        client.connect(srv.port, ctx=ctx)
+    assert srv.wait_log("during the handshake: NO_SHARED_CIPHER")
+    assert not marker.exists()
+    assert env_via(srv.port)[0]["SSL_PROTOCOL"] == "TLSv1.3"
+
+
 # -- resumption
 
 

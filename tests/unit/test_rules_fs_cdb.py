@@ -17,20 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s6tls.rules import (
-    CdbRules,
     DirRules,
     Rule,
     RulesError,
     RuleTooBigError,
-    compile_dir,
     decide,
     encode,
     lookup_dir,
-    read_cdb,
     read_tree,
-    write_cdb,
     write_tree,
 )
+from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
 
 E08_RULES = {
     "ip4/127.0.0.1_32": Rule(

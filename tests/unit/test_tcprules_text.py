@@ -13,12 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s6tls.rules import (
-    Rule,
+from s6tls.rules import Rule, decide
+from s6tls.rules.tcprules_text import (
     TcpRule,
     TcpRulesError,
     convert_tcprules,
-    decide,
     import_tcprules,
     parse_tcprules,
     range_prefixes,
