@@ -21,7 +21,6 @@ from s6tls.rules import DirRules
 from s6tls.shell.descriptors import raise_for
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
-from s6tls.shell.privsep import parse_ids, use_helper
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
@@ -88,13 +87,17 @@ def check_environment(opts: Options, env: dict[str, str]) -> None:
     )
     if identity_asked and os.geteuid() != 0:
         raise UsageError("-u, -g, -G and -U need the server to run as root")
-    if separates_privileges(env):
-        parse_ids(env)
+    tls_identity(env)
 
 
-def separates_privileges(env: dict[str, str]) -> bool:
-    """Started as root with TLS_UID/TLS_GID: the TLS engine must not stay root."""
-    return os.geteuid() == 0 and ("TLS_UID" in env or "TLS_GID" in env)
+def tls_identity(env: dict[str, str]) -> tuple[int, int] | None:
+    """Started as root with TLS_UID/TLS_GID: the uid and gid the TLS engine
+    must run as (both required and numeric); None when it may stay as it is."""
+    if os.geteuid() != 0 or ("TLS_UID" not in env and "TLS_GID" not in env):
+        return None
+    if "TLS_UID" not in env or "TLS_GID" not in env:
+        raise UsageError("TLS_UID and TLS_GID must be set together")
+    return unsigned(env["TLS_UID"], "TLS_UID"), unsigned(env["TLS_GID"], "TLS_GID")
 
 
 def build_service(opts: Options, env: dict[str, str]) -> Service:
@@ -143,7 +146,7 @@ def main() -> None:
         short = raise_for(opts.maxconn)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
-        ids = parse_ids(env) if separates_privileges(env) else None
+        ids = tls_identity(env)
         ip, port = listener.getsockname()[:2]
         if short:
             service.log.warning(short)
@@ -181,6 +184,8 @@ def start(
     server = Server(service, listener, limits)
     channel = None
     if ids:
+        from s6tls.shell.privsep import use_helper  # the helper's code, only with TLS_UID
+
         helper = use_helper(service, *ids, not_for_helper=[listener.fileno(), *limits.fds()])
         channel = helper.channel
     if policy.most > 1:

@@ -52,9 +52,8 @@ from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 
 from s6tls.environ import Connection, is_tls_variable, tcp_environ
-from s6tls.errors import UsageError
 from s6tls.launch import prog_command
-from s6tls.options import Options, unsigned
+from s6tls.options import Options
 from s6tls.rules import Rule, RuleSource, decode
 from s6tls.rules.errors import RulesError
 from s6tls.shell.fdio import to_null
@@ -460,13 +459,6 @@ class HelperClient:
 
     def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None:
         return _rule_from(self.call({"op": "find", "keys": list(keys)})["found"])
-
-
-def parse_ids(env: Mapping[str, str]) -> tuple[int, int]:
-    """TLS_UID and TLS_GID, both required and numeric."""
-    if "TLS_UID" not in env or "TLS_GID" not in env:
-        raise UsageError("TLS_UID and TLS_GID must be set together")
-    return unsigned(env["TLS_UID"], "TLS_UID"), unsigned(env["TLS_GID"], "TLS_GID")
 
 
 def split(

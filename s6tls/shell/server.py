@@ -23,7 +23,6 @@ from typing import Any, Protocol
 import gevent
 from gevent.event import Event
 from gevent.os import fork_gevent
-from gevent.pool import Group
 
 from s6tls import logline
 from s6tls.shell.limits import Limits
@@ -77,13 +76,13 @@ class Sessions:
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self.greenlets = Group()
+        self.greenlets: set[gevent.Greenlet] = set()
         self.running: set[Session] = set()
 
     def start(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
         """Run the session; started() when prog runs, ended(wait status) at the end."""
         self.running.add(session)
-        self.greenlets.spawn(self._serve, sock, session, started, ended)
+        self.greenlets.add(gevent.spawn(self._serve, sock, session, started, ended))
 
     def _serve(self, sock: socket.socket, session: Session, started: Started, ended: Ended) -> None:
         status = None
@@ -91,7 +90,13 @@ class Sessions:
             status = run(self.service, sock, session, started)
         finally:
             self.running.discard(session)
+            self.greenlets.discard(gevent.getcurrent())
             ended(status)
+
+    def join(self) -> None:
+        """Wait for the end of every running session."""
+        while self.greenlets:
+            gevent.joinall(list(self.greenlets))
 
     def signal_progs(self, signums: Sequence[int]) -> None:
         for session in list(self.running):
@@ -103,7 +108,7 @@ class Sessions:
         """This process quits now: a forked copy finishes the running sessions."""
         if self.running and fork_gevent() == 0:
             self.service.log.verbosity = 0
-            self.greenlets.join()
+            self.join()
             os._exit(0)
 
 
@@ -231,7 +236,7 @@ class Server:
         self.listener.close()
         if not self.announce:
             self.stopped_accepting()
-            self.sessions.greenlets.join()
+            self.sessions.join()
             return 0
         if self.workers:
             self.workers.stop()

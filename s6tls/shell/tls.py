@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Protocol, cast
 
-from gevent.lock import Semaphore
+from gevent.event import Event
 from gevent.socket import socket as GeventSocket
 
 from s6tls.errors import SystemFailure
@@ -298,6 +298,29 @@ def _decrypt(obj: ssl.SSLObject, buf: memoryview) -> int:
     return cast(int, obj.read(len(buf), buf))
 
 
+class _OneAtATime:
+    """A lock for sending: a send that must wait keeps the other greenlet's out,
+    so records reach the socket in the order OpenSSL made them. Taking it
+    costs nothing while nobody waits."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._freed: Event | None = None
+
+    def __enter__(self) -> None:
+        while self._held:
+            if self._freed is None:
+                self._freed = Event()
+            self._freed.wait()
+        self._held = True
+
+    def __exit__(self, *_: object) -> None:
+        self._held = False
+        freed, self._freed = self._freed, None
+        if freed is not None:
+            freed.set()
+
+
 class TlsStream:
     """A server-side TLS session over a gevent socket, driven through memory BIOs."""
 
@@ -308,7 +331,7 @@ class TlsStream:
         if pending:
             self._in.write(pending)
         self.ssl = ctx.wrap_bio(self._in, self._out, server_side=True)
-        self._sending = Semaphore()
+        self._sending = _OneAtATime()
         self._unsent_ticket = 0  # bytes of output that need not go out before we wait
         self.clean_eof = False
 

@@ -41,13 +41,11 @@ import gevent
 from gevent import socket as gsocket
 from gevent.event import Event
 from gevent.hub import Hub, get_hub, set_hub
-from gevent.pool import Group
 from gevent.socket import wait_read
 
 from s6tls import logline
 from s6tls.shell.descriptors import open_descriptors, reserved
 from s6tls.shell.fdio import to_null
-from s6tls.shell.privsep import HelperClient, serve_through
 from s6tls.shell.server import Server
 from s6tls.shell.spawn import reap
 
@@ -100,7 +98,7 @@ class Pool:
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
         self._activity = Event()
-        self._greenlets = Group()
+        self._greenlets: set[gevent.Greenlet] = set()
         # Every serving process holds the writing end while it accepts: at the
         # end-of-file, no process accepts any more.
         self._accepting_r, self._accepting_w = os.pipe2(os.O_CLOEXEC)
@@ -112,7 +110,7 @@ class Pool:
         for _ in range(self.policy.least - 1):
             self._fork()
         if self.policy.most > self.policy.least:
-            self._greenlets.spawn(self._scale)
+            self._spawn(self._scale)
 
     # -- what the server tells us (s6tls.shell.server.Beside)
 
@@ -128,7 +126,7 @@ class Pool:
 
     def stop(self) -> None:
         self.stopping = True
-        self._greenlets.kill()
+        gevent.killall(list(self._greenlets))
         os.close(self._alive_w)
         os.close(self._accepting_w)  # the server itself no longer accepts
 
@@ -137,6 +135,11 @@ class Pool:
             _wait_end(self._accepting_r)
 
     # -- workers coming and going
+
+    def _spawn(self, run: Callable[..., None], *args: object) -> None:
+        greenlet = gevent.spawn(run, *args)
+        self._greenlets.add(greenlet)
+        greenlet.link(self._greenlets.discard)
 
     def _fork(self) -> None:
         log = self.server.service.log
@@ -151,7 +154,7 @@ class Pool:
         if channel is not None:
             os.close(channel)
         self.workers[pid] = _Worker(time.monotonic())
-        self._greenlets.spawn(self._watch, pid, os.pidfd_open(pid))
+        self._spawn(self._watch, pid, os.pidfd_open(pid))
         log.info(f"worker {pid} started, {1 + len(self.workers)} processes serve")
 
     def _retire(self, pid: int) -> None:
@@ -278,6 +281,8 @@ def _work(server: Server, channel: int | None, alive: int, accepting: int) -> No
         to_null(1)  # -1: only the server holds the stdout whose end is awaited
         service = server.service
         if channel is not None:
+            from s6tls.shell.privsep import HelperClient, serve_through  # with TLS_UID only
+
             serve_through(service, HelperClient(socket.socket(fileno=channel)))
         worker = Server(
             service,

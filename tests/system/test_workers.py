@@ -280,10 +280,13 @@ def test_limits_stay_exact_while_workers_come_and_go(server, pki, slow_pair, loa
     assert wait_for(lambda: min(len(each.conns) for each in load) > 100, timeout=40)
     for each in load:
         each.stop()
-        assert not each.failures
-        # -C 4: TCPCONNNUM went from 0 to 3 for each IP, never beyond
-        assert max(each.conns) == 3
     log = srv.log()
+    for each in load:
+        # -C 4: TCPCONNNUM went from 0 to 3 for each IP, never beyond; a client
+        # that starts its next session before the server has ended its last
+        # may be a fifth, rejected (accepted and closed at once)
+        assert max(each.conns) == 3
+        assert len(each.failures) <= log.count(f"reject {each.source}_"), each.failures
     # -c 5: five sessions at the most busy moments, never six, whichever process logged
     totals = [int(n) for n in re.findall(r"status: (\d+)/5", log)]
     assert max(totals) == 5
