@@ -54,8 +54,10 @@ MAX_WORKERS = 64
 # Every SAMPLE_SECONDS, the share of a core each serving process wanted
 # (running, or runnable and waiting for a CPU).
 SAMPLE_SECONDS = 1.0
-# A process that wanted a core this much of a sample was saturated.
-BUSY_SHARE = 0.9
+# A process that wanted a core this much of a sample was saturated: one that
+# holds many sessions waits on their peers for a part of the time, however
+# busy (16 cores, 192 sessions on two processes: 86% each).
+BUSY_SHARE = 0.8
 # Workers retire once the others could have carried the load of the last
 # QUIET_SAMPLES samples at this share of a core each.
 RETIRE_SHARE = 0.6
