@@ -100,12 +100,25 @@ def switches(pids: list[int]) -> dict[int, int]:
     return {p: _field(f"/proc/{p}/status", "voluntary_ctxt_switches:") for p in pids}
 
 
-def server_cpu_seconds(root: int) -> tuple[float, float]:
-    """cpu_seconds summed over the server side of root (its worker processes too)."""
-    own = children = 0.0
-    for pid in server_pids(root):
-        a, b = cpu_seconds(pid)
-        own, children = own + a, children + b
+CpuSnapshot = dict[int, tuple[float, float]]
+
+
+def server_cpu(root: int) -> CpuSnapshot:
+    """Each process of the server side of root: its own CPU seconds, and its
+    reaped children's."""
+    return {pid: cpu_seconds(pid) for pid in server_pids(root)}
+
+
+def cpu_used(before: CpuSnapshot, after: CpuSnapshot) -> tuple[float, float] | None:
+    """Own and reaped children's CPU seconds used between two snapshots.
+
+    None when a process of the first is gone: a worker that ended, whose time
+    has moved into its parent's children's figure with the progs'.
+    """
+    if not before.keys() <= after.keys():
+        return None
+    own = sum(a[0] - before.get(pid, (0.0, 0.0))[0] for pid, a in after.items())
+    children = sum(a[1] - before.get(pid, (0.0, 0.0))[1] for pid, a in after.items())
     return own, children
 
 

@@ -42,12 +42,12 @@ def parse_counts(text: str) -> list[int | None]:
 def _measure(client: Client, server: Running, clients: int, conc: int, seconds: float) -> Sample:
     options = ["--conc", str(conc), "--seconds", str(seconds), "--warmup", "0.5"]
     argv = client.argv("sessions", server.port, True, *options)
-    before = memory.server_pids(server.pid)
-    switches0 = memory.switches(before)
-    cpu0, _ = memory.server_cpu_seconds(server.pid)
+    cpu0 = memory.server_cpu(server.pid)
+    switches0 = memory.switches(list(cpu0))
     results = client.run_many([argv] * clients, timeout=seconds + 90)
-    cpu1, _ = memory.server_cpu_seconds(server.pid)
-    after = memory.server_pids(server.pid)
+    cpu1 = memory.server_cpu(server.pid)
+    used = memory.cpu_used(cpu0, cpu1)
+    after = list(cpu1)
     switches1 = memory.switches(after)
     total = sum(int(r["total"]) for r in results)
     sessions = sum(int(r["sessions"]) for r in results)
@@ -58,9 +58,9 @@ def _measure(client: Client, server: Running, clients: int, conc: int, seconds: 
         "errors": sum(int(r["errors"]) for r in results),
         "protocol": results[0]["protocol"],
     }
-    if total:
+    if total and used:  # (no process ended meanwhile)
         slept = sum(switches1.values()) - sum(switches0.get(p, 0) for p in after)
-        sample["server_cpu_us"] = (cpu1 - cpu0) / total * 1e6
+        sample["server_cpu_us"] = used[0] / total * 1e6
         sample["switches"] = slept / total
     if sessions:
         sample["client_cpu_us"] = sum(float(r["cpu"]) for r in results) / sessions * 1e6

@@ -202,10 +202,10 @@ class Bench:
             timeout = plan.seconds + plan.warmup + 60
         if resume:
             options.append("--resume")
-        own0, children0 = memory.server_cpu_seconds(server.pid)
+        cpu0 = memory.server_cpu(server.pid)
         argv = self.client.argv("sessions", server.port, kind.tls, *options, version=version)
         result = self.client.run(argv, timeout)
-        own1, children1 = memory.server_cpu_seconds(server.pid)
+        used = memory.cpu_used(cpu0, memory.server_cpu(server.pid))
         total = int(result["total"])
         sample: Sample = {
             "rate": result["rate"],
@@ -217,12 +217,12 @@ class Bench:
             "protocol": result["protocol"],
             "cipher": result["cipher"],
         }
-        if total and kind.name != "socat":
+        if total and used and kind.name != "socat":
             # CPU time per session of the server process and of the progs it reaped
             # (socat's per-connection forks reap the progs: no split there).
             if kind.name != "tcpserver":
-                sample["server_cpu_us"] = (own1 - own0) / total * 1e6
-            sample["prog_cpu_us"] = (children1 - children0) / total * 1e6
+                sample["server_cpu_us"] = used[0] / total * 1e6
+            sample["prog_cpu_us"] = used[1] / total * 1e6
         if int(result["sessions"]):
             sample["client_cpu_us"] = float(result["cpu"]) / int(result["sessions"]) * 1e6
         if resume:
@@ -242,16 +242,16 @@ class Bench:
         else:
             options = ["--send", str(size), "--half-close", "--expect", str(size)]
         timeout = size / 5e6 + 60
-        own0, children0 = memory.server_cpu_seconds(server.pid)
+        cpu0 = memory.server_cpu(server.pid)
         idle0, all0 = memory.machine_ticks()
         argv = self.client.argv(
             "transfer", server.port, kind.tls, *options, version=self.plan.versions[0]
         )
         result = self.client.run(argv, timeout)
         idle1, all1 = memory.machine_ticks()
-        own1, _ = memory.server_cpu_seconds(server.pid)
+        at_end = memory.cpu_used(cpu0, memory.server_cpu(server.pid))
         reaped = _reaped(server.pid)
-        _, children1 = memory.server_cpu_seconds(server.pid)
+        reaped_too = memory.cpu_used(cpu0, memory.server_cpu(server.pid))
         elapsed = float(result["elapsed"])
         mib = size / MIB
         sample: Sample = {
@@ -265,10 +265,11 @@ class Bench:
             "protocol": result["protocol"],
             "cipher": result["cipher"],
         }
-        if kind.name not in ("socat", "tcpserver"):  # their relaying runs in per-connection forks
-            sample["server_cpu_us_per_mib"] = (own1 - own0) / mib * 1e6
-        if kind.name != "socat" and reaped:  # socat's forks reap the progs: no split there
-            sample["prog_cpu_us_per_mib"] = (children1 - children0) / mib * 1e6
+        # socat and tcpserver relay in per-connection forks, and socat's reap the progs
+        if at_end and kind.name not in ("socat", "tcpserver"):
+            sample["server_cpu_us_per_mib"] = at_end[0] / mib * 1e6
+        if reaped_too and reaped and kind.name != "socat":
+            sample["prog_cpu_us_per_mib"] = reaped_too[1] / mib * 1e6
         self.results.add(workload, kind.name, sample)
         self.say(f"  {workload:14} {kind.label:10} {sample['mbps']:8.1f} MB/s", verbose=True)
 
