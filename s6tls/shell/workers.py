@@ -79,7 +79,7 @@ class Policy:
 
     @classmethod
     def default(cls) -> Policy:
-        """One process, and one more per CPU the server may run on while busy."""
+        """One process, growing while busy up to one per CPU the server may run on."""
         return cls(1, max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS)))
 
 
@@ -182,7 +182,7 @@ class Pool:
             self._fork()
 
     def _scale(self) -> None:
-        """Add a worker while every serving process is saturated; retire the
+        """Add workers while every serving process is saturated; retire the
         newest once the load of the last samples fits in fewer."""
         loads: deque[float] = deque(maxlen=QUIET_SAMPLES)
         me = os.getpid()

@@ -136,7 +136,8 @@ def test_smoke_prints_numbers_for_each_server_and_leaves_nothing(cache, tmp_path
     # the load client's CPU beside every rate
     assert NUMBER.match(_row(stdout, "full c=4 TLS 1.3: sessions/s")[-1].split("-")[0])
     assert _row(stdout, "protocol")[:2] == ["TLSv1.3", "TLSv1.3"]
-    # after the load and a quiet time, ours (the default) is one process again
+    # the quiet-time measurement: ours (the default) is one process after it
+    # (whether workers came during the load is checked in test_workers.py)
     assert _row(stdout, "then 1 s quiet: processes")[:2] == ["1.00", "-"]
     assert "memory per idle session" in stdout  # the targets section
 

@@ -34,6 +34,21 @@ def open_session(port: int, source: str = "127.0.0.1") -> tuple[ssl.SSLSocket, d
     return s, fields
 
 
+def sessions_on(srv: Running, pid: int, count: int) -> list[tuple[ssl.SSLSocket, dict[str, str]]]:
+    """Open count sessions that process pid serves: the other serving processes
+    are stopped (SIGSTOP) meanwhile, so only pid accepts."""
+    others = [p for p in (srv.pid, *srv.forks()) if p != pid]
+    for p in others:
+        os.kill(p, signal.SIGSTOP)
+    try:
+        sessions = [open_session(srv.port) for _ in range(count)]
+    finally:
+        for p in others:
+            os.kill(p, signal.SIGCONT)
+    assert all(f["ppid"] == str(pid) for _, f in sessions)
+    return sessions
+
+
 def test_two_processes_serve_with_exact_counts(server, pki):
     srv = server("-H", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
     (worker,) = srv.forks()
@@ -137,16 +152,17 @@ def test_workers_share_one_root_helper(server, pki):
 def test_a_dead_worker_is_replaced(server, pki):
     srv = server("-v", "-H", "-c", "4", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
     (victim,) = srv.forks()
-    with ThreadPoolExecutor(4) as pool:
-        sessions = list(pool.map(lambda _: open_session(srv.port), range(4)))
-    held = sum(f["ppid"] == str(victim) for _, f in sessions)
-    assert 0 < held < 4
+    # Each waiting acceptor holds the slot of its next session: after two
+    # sessions on the server, the worker can take one more, and then waits for
+    # a slot (the server's acceptor holds the fourth).
+    sessions = sessions_on(srv, srv.pid, 2) + sessions_on(srv, victim, 1)
+    held = 1
     os.kill(victim, signal.SIGKILL)
     assert srv.wait_log(f"worker {victim} died (signal 9); {held} of its slots given back")
     assert wait_for(lambda: len(srv.forks()) == 1 and srv.forks() != [victim])
-    # the slots are usable again: -c 4 allows as many new sessions as died, no more
-    fresh = [open_session(srv.port) for _ in range(held)]
+    # the slots are usable again: -c 4 allows four sessions, no more
     survivors = [s for s, f in sessions if f["ppid"] != str(victim)]
+    fresh = [open_session(srv.port) for _ in range(4 - len(survivors))]
     for s in survivors:
         assert client.echo(s) == b"ping\n"
     raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
@@ -162,10 +178,8 @@ def test_a_dead_worker_is_replaced(server, pki):
 def test_workers_finish_their_sessions_when_the_server_vanishes(server, pki):
     srv = server("-H", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
     (worker,) = srv.forks()
-    with ThreadPoolExecutor(8) as pool:
-        sessions = list(pool.map(lambda _: open_session(srv.port), range(8)))
-    on_worker = [s for s, f in sessions if f["ppid"] == str(worker)]
-    assert on_worker
+    sessions = sessions_on(srv, worker, 2)
+    on_worker = [s for s, _ in sessions]
     os.kill(srv.pid, signal.SIGKILL)
     srv.proc.wait(timeout=5)
     # no more accepting: the listening socket is closed in every process

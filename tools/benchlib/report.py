@@ -89,13 +89,14 @@ def _rows(plan: Plan) -> list[Row]:
     return rows
 
 
-def _cell(results: Results, row: Row, server: str) -> str:
-    every = results.samples.get(row.key, {}).get(server, [])
+def cell(results: Results, key: str, field: str, server: str) -> str:
+    """One server's figure: median (min-max) over the runs; ! if a session failed."""
+    every = results.samples.get(key, {}).get(server, [])
     failed = " !" if any(s.get("errors") for s in every) else ""
-    samples = [s for s in every if row.field in s]
+    samples = [s for s in every if field in s]
     if not samples:
         return "-" + failed
-    c = spread([float(s[row.field]) for s in samples])
+    c = spread([float(s[field]) for s in samples])
     text = _num(c["median"])
     if len(samples) > 1:
         text += f" ({_num(c['min'])}-{_num(c['max'])})"
@@ -165,7 +166,7 @@ def table(results: Results, kinds: Sequence[Kind], plan: Plan) -> str:
         ],
     ]
     for row in _rows(plan):
-        cells = [_cell(results, row, k.name) for k in servers]
+        cells = [cell(results, row.key, row.field, k.name) for k in servers]
         cpu = _client_cpu(results, row.key) if row.client_cpu else ""
         body.append([row.label, *cells, cpu])
     return align([header, *body])

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import statistics
 from collections.abc import Callable
 from typing import Any
 
 from benchlib import memory
 from benchlib.client import Client
 from benchlib.procs import Processes
-from benchlib.report import align
+from benchlib.report import align, cell
 from benchlib.servers import Kind, Running, Setup, ours_with, start
 from benchlib.workloads import Results, Sample, rotated
 
@@ -102,18 +101,6 @@ def measure_workers(
 def table(kinds: list[Kind], results: Results) -> str:
     """One row per worker count: medians (min-max) over the runs."""
 
-    def cell(key: str, name: str, field: str) -> str:
-        values = [float(s[field]) for s in results.samples.get(key, {}).get(name, []) if field in s]
-        if not values:
-            return "-"
-        med = statistics.median(values)
-        text = f"{med:.0f}" if med >= 100 else f"{med:.2f}"
-        if len(values) > 1:
-            low, high = min(values), max(values)
-            text += f" ({low:.0f}-{high:.0f})" if med >= 100 else f" ({low:.2f}-{high:.2f})"
-        failed = any(s.get("errors") for s in results.samples[key][name])
-        return text + (" !" if failed else "")
-
     columns: list[tuple[str, str, str]] = [
         ("clients x16", "heavy", "clients"),
         ("processes", "heavy", "processes"),
@@ -127,7 +114,9 @@ def table(kinds: list[Kind], results: Results) -> str:
     ]
     rows = [["workers", *(c[0] for c in columns)]]
     for kind in kinds:
-        rows.append([kind.label, *(cell(key, kind.name, field) for _, key, field in columns)])
+        rows.append(
+            [kind.label, *(cell(results, key, field, kind.name) for _, key, field in columns)]
+        )
     return align(rows)
 
 
