@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+IDENT_PORT = 113
 # s6-networking reads at most this much of an IDENT reply line.
 IDENT_REPLY_MAX = 1024
 

@@ -11,6 +11,7 @@ import re
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
+DNS_PORT = 53
 # s6-dns asks at most this many servers.
 MAX_SERVERS = 16
 

@@ -11,10 +11,13 @@ every descriptor up to the limit, suffer from a high one).
 
 from __future__ import annotations
 
+import itertools
 import os
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from s6tls.shell.fdio import NULL
 
 # Per session: the socket, our ends of prog's two pipes and its pidfd, and
 # one more while a DNS or IDENT lookup or prog's start holds another.
@@ -33,7 +36,6 @@ class _ProgLimit:
 
     soft: int  # the soft limit prog gets
     low: tuple[int, int]  # two descriptor numbers below it, kept for prog's pipes
-    null: int  # /dev/null, what they point to between spawns
 
 
 # Set once at start-up, when the server raised its soft limit.
@@ -57,15 +59,14 @@ def raise_for(maxconn: int) -> str | None:
         return None
     new = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if new > soft:
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        low = (os.dup(null), os.dup(null))
+        low = (os.dup(NULL), os.dup(NULL))
         for fd in low:
             os.set_inheritable(fd, False)
         if max(low) < soft:  # always, unless stdio is all the old limit allows
-            _prog = _ProgLimit(soft, low, null)
+            _prog = _ProgLimit(soft, low)
             resource.setrlimit(_NOFILE, (new, hard))
         else:
-            for fd in (null, *low):
+            for fd in low:
                 os.close(fd)
     if new >= want:
         return None
@@ -78,8 +79,8 @@ def raise_for(maxconn: int) -> str | None:
 
 
 def reserved() -> list[int]:
-    """Descriptors this module keeps open for the life of the process."""
-    return [] if _prog is None else [*_prog.low, _prog.null]
+    """Descriptors kept open for the life of the process."""
+    return [NULL] if _prog is None else [*_prog.low, NULL]
 
 
 def start_prog(stdin: int, stdout: int, spawn: Callable[[int, int], int]) -> int:
@@ -106,9 +107,13 @@ def start_prog(stdin: int, stdout: int, spawn: Callable[[int, int], int]) -> int
     finally:
         resource.setrlimit(_NOFILE, (soft, hard))
         for fd in _prog.low:
-            os.dup2(_prog.null, fd, inheritable=False)  # let the pipes go
+            os.dup2(NULL, fd, inheritable=False)  # let the pipes go
 
 
-def open_descriptors() -> list[int]:
-    """The descriptors this process has open."""
-    return [int(name) for name in os.listdir("/proc/self/fd")]
+def close_all_but(keep: Iterable[int]) -> None:
+    """Close every descriptor of this process but those in keep (without
+    listing /proc/self/fd, which a confined process cannot read)."""
+    bounds = [-1, *sorted(set(keep)), resource.getrlimit(_NOFILE)[0]]
+    for kept, next_kept in itertools.pairwise(bounds):
+        if next_kept > kept + 1:  # closerange(a, b) with b <= a would close all from a
+            os.closerange(kept + 1, next_kept)

@@ -51,13 +51,16 @@ def write_all(fd: int, data: bytes | memoryview) -> bool:
     return True
 
 
+# /dev/null, open for the life of the process: a confined TLS engine
+# (s6tls.shell.confine) can open no file.
+NULL = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+
+
 def to_null(*fds: int) -> None:
     """Point these descriptors at /dev/null (closing what they were, but
     keeping the numbers taken)."""
-    null = os.open(os.devnull, os.O_RDWR)
     for fd in fds:
-        os.dup2(null, fd)
-    os.close(null)
+        os.dup2(NULL, fd)
 
 
 # A busy pipe is grown to this size.

@@ -143,6 +143,7 @@ def main() -> None:
     try:
         check_environment(opts, env)
         policy = worker_policy(env)
+        confined = confinement(env)
         short = raise_for(opts.maxconn)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
@@ -152,7 +153,7 @@ def main() -> None:
             service.log.warning(short)
         service.log.info(f"starting - bound to ip {ip} port {port}")
         service.log.info(f"status: 0/{opts.maxconn}")
-        serve = start(service, listener, policy, ids)
+        serve = start(service, listener, policy, ids, confined)
     except S6tlsError as e:
         fail(e)
         return
@@ -172,23 +173,44 @@ def worker_policy(env: dict[str, str]) -> Policy:
     return Policy(count, count)
 
 
+def confinement(env: dict[str, str]) -> bool:
+    """S6TLS_CONFINE=0: the TLS engine is not confined (for debugging); unset or 1: it is."""
+    text = env.pop("S6TLS_CONFINE", "1")
+    if text not in ("0", "1"):
+        raise UsageError("S6TLS_CONFINE must be 0 or 1")
+    return text == "1"
+
+
 def start(
-    service: Service, listener: socket.socket, policy: Policy, ids: tuple[int, int] | None
+    service: Service,
+    listener: socket.socket,
+    policy: Policy,
+    ids: tuple[int, int] | None,
+    confined: bool,
 ) -> Callable[[], int]:
     """Set up the processes that serve; what then serves, returning the exit code.
 
     With TLS_UID, root stays in a helper that every serving process talks
-    to, and nothing that faces the network keeps root.
+    to, nothing that faces the network keeps root, and the processes that
+    do are confined (s6tls.shell.confine) before the first worker is forked.
     """
     limits = Limits(service.options.maxconn, service.options.localmaxconn)
     server = Server(service, listener, limits)
-    channel = None
+    helper = None
     if ids:
-        from s6tls.shell.privsep import use_helper  # the helper's code, only with TLS_UID
+        # Only with TLS_UID: the helper's code, and the confinement's (ctypes).
+        from s6tls.shell.confine import prepare
+        from s6tls.shell.privsep import use_helper
 
+        confine = prepare(service.options) if confined else None
         helper = use_helper(service, *ids, not_for_helper=[listener.fileno(), *limits.fds()])
-        channel = helper.channel
+        if confine:
+            missing = confine()
+            if missing:
+                service.log.warning(f"the TLS engine is confined without {'; '.join(missing)}")
+        else:
+            service.log.warning("S6TLS_CONFINE=0: the TLS engine is not confined")
     if policy.most > 1:
-        server.workers = pool = Pool(server, policy, channel)
+        server.workers = pool = Pool(server, policy, helper)
         pool.start()
     return server.serve

@@ -23,7 +23,6 @@ documentation (SPEC.md §7):
 from __future__ import annotations
 
 import ipaddress
-import os
 import struct
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,13 +43,18 @@ import dns.reversename
 import gevent
 from gevent import socket
 
-from s6tls.ident import IDENT_REPLY_MAX, IdentReplyError, parse_ident_reply
-from s6tls.resolvconf import Address, parse_hosts, parse_resolv_conf, parse_server_list
+from s6tls.ident import IDENT_PORT, IDENT_REPLY_MAX, IdentReplyError, parse_ident_reply
+from s6tls.resolvconf import (
+    DNS_PORT,
+    Address,
+    parse_hosts,
+    parse_resolv_conf,
+    parse_server_list,
+)
+from s6tls.shell.tls import FileIdentity, Files, LocalFiles
 
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS_FILE = "/etc/hosts"
-DNS_PORT = 53
-IDENT_PORT = 113
 
 # s6-dns asks ::1 when neither DNSCACHEIP nor resolv.conf names a server.
 DEFAULT_SERVER = "::1"
@@ -103,25 +107,26 @@ class _Failure(Exception):
 
 
 class _WatchedFile(Generic[T]):
-    """A file parsed on first use, and again when it changes (upstream reads it per connection)."""
+    """A file parsed on first use, and again when it changes (upstream reads it per connection).
+
+    Read through a Files: with privilege separation, the root helper reads it.
+    """
 
     def __init__(self, path: str, parse: Callable[[bytes], T], missing: T) -> None:
         self.path = path
         self._parse = parse
         self._missing = missing
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: FileIdentity | None = None
         self._value = missing
 
-    def get(self) -> T:
+    def get(self, files: Files) -> T:
         """The parsed content, or the value for a missing file; OSError if unreadable."""
         try:
-            st = os.stat(self.path)
+            stamp = files.identity(self.path)
         except FileNotFoundError:
             return self._missing
-        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
         if stamp != self._stamp:
-            with open(self.path, "rb") as f:
-                self._value = self._parse(f.read())
+            self._value = self._parse(files.read(self.path))
             self._stamp = stamp
         return self._value
 
@@ -144,6 +149,14 @@ class Resolver:
             resolv_conf, parse_resolv_conf, ()
         )
         self._hosts: _WatchedFile[dict[Address, str]] = _WatchedFile(hosts_file, parse_hosts, {})
+        self.files: Files = LocalFiles()
+
+    def paths(self) -> set[str]:
+        """The files the lookups read."""
+        return {
+            *([] if self.servers else [self._resolv_conf.path]),
+            *([self._hosts.path] if self.hosts_first else []),
+        }
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str], hosts_first: bool) -> Resolver:
@@ -231,7 +244,7 @@ class Resolver:
 
     def _hosts_table(self, strict: bool) -> dict[Address, str]:
         try:
-            return self._hosts.get()
+            return self._hosts.get(self.files)
         except OSError as e:
             if strict:
                 raise NameLookupFailed(f"unable to read {self._hosts.path}: {e.strerror}") from None
@@ -241,7 +254,7 @@ class Resolver:
         if self.servers:
             return self.servers
         try:
-            servers = self._resolv_conf.get()
+            servers = self._resolv_conf.get(self.files)
         except OSError as e:
             raise _Failure(f"unable to read {self._resolv_conf.path}: {e.strerror}") from None
         return servers or (DEFAULT_SERVER,)

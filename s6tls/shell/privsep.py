@@ -7,7 +7,8 @@ process, so when started as root with TLS_UID/TLS_GID set, the server:
 1. binds its socket and loads its key material as root;
 2. forks this helper, which keeps root and never touches the network;
 3. drops to TLS_UID:TLS_GID with no supplementary groups, for good
-   (real, effective and saved ids all changed).
+   (real, effective and saved ids all changed);
+4. confines itself (``s6tls.shell.confine``), unless S6TLS_CONFINE=0.
 
 The unprivileged server then accepts, reads PROXY headers, talks TLS and
 relays; whatever needs root goes to the helper over a socketpair, as JSON
@@ -22,26 +23,36 @@ the helper only for what the configuration allows anyway. The helper
   itself from the same pure functions as the server: the requester supplies
   the connection's facts (addresses, names, TLS parameters), which only ever
   become the values of TCP* and SSL_* variables;
-- opens, stats or lists only the files named by KEYFILE, CERTFILE, CAFILE,
-  CADIR (and their ``:name`` forms) in the server's environment or in a
-  rule's environment, and the files inside such a CADIR;
+- opens (read-only, regular files only), stats or lists only the files
+  named by KEYFILE, CERTFILE, CAFILE, CADIR (and their ``:name`` forms) in
+  the server's environment or in a rule's environment, the files inside
+  such a CADIR, and the files the lookups read (resolv.conf, /etc/hosts);
 - signals only the progs it started and that are still running;
-- answers rule look-ups from the ruleset given on the command line.
+- answers rule look-ups from the ruleset given on the command line;
+- reads how busy the serving processes are (``/proc/PID/schedstat``,
+  world-readable anyway), for the worker pool.
 
-The worst a compromised server can do is run the configured prog for a
-made-up client, or read the configured key files: the same as a server
-that was never separated. It cannot run other programs, pick another
-identity, set LD_PRELOAD or read other files.
+Through the helper, the worst a compromised server can do is run the
+configured prog for a made-up client, or read the configured key files: the
+same as a server that was never separated. By itself it can do less still:
+once confined, it opens no file, runs no program, takes no other identity,
+ptraces or signals no process but its own workers, and reaches the network
+only through the sockets it holds (and, with lookups on, over UDP and to
+TCP ports 53 and 113). What it keeps is what it serves: the sessions of that
+process and the key pairs loaded in it. The reference page compares this
+with upstream's s6-tlsd-io.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import errno
 import json
 import os
 import selectors
 import socket
+import stat
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn, cast
@@ -60,10 +71,10 @@ from s6tls.shell.fdio import to_null
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import SpawnFailed, spawn_on, start_on_pipes
 from s6tls.shell.tls import FileIdentity, LocalFiles
+from s6tls.shell.workers import busy_ns
 from s6tls.sslvars import TlsInfo
 
 MAX_MESSAGE = 1 << 20
-MAX_FILE = 256 * 1024  # key, certificate and CA files are a few KiB
 
 
 class HelperError(Exception):
@@ -171,6 +182,16 @@ def _tls_paths(env: Iterable[tuple[str, str | None]]) -> set[str]:
     }
 
 
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at path (never waiting on a
+    FIFO, never a device)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
 def _channel() -> tuple[socket.socket, socket.socket]:
     """A pair of connected sockets for requests and replies, each up to MAX_MESSAGE."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -190,7 +211,9 @@ class Helper:
         opts: Options,
         base_env: Mapping[str, str],
         rules: RuleSource | None,
+        paths: Iterable[str] = (),
     ) -> None:
+        """paths: files the server reads beyond its TLS files (the lookups')."""
         self.opts = opts
         self.base_env = base_env
         self.rules = rules
@@ -198,7 +221,7 @@ class Helper:
         self.children: dict[int, tuple[int, socket.socket]] = {}  # pid -> pidfd, its requester
         self.selector = selectors.DefaultSelector()
         self.clients = 0
-        self.allowed = _tls_paths(base_env.items())
+        self.allowed = _tls_paths(base_env.items()) | set(paths)
         self._add_client(sock)
 
     def _add_client(self, sock: socket.socket) -> None:
@@ -269,12 +292,16 @@ class Helper:
         if op == "find":
             keys = [_text(k) for k in request["keys"]]
             return {"found": _rule_facts(self.rules.find(keys) if self.rules else None)}
+        if op == "busy":  # the pool's load, read in /proc (world-readable)
+            pids = request["pids"]
+            if not all(isinstance(pid, int) and pid > 0 for pid in pids):
+                raise HelperError("bad request")
+            return {"busy": list(busy_ns(pids).values())}
         path = _text(request.get("path"))
         self._check_path(path)
-        if op == "read":
-            if os.stat(path).st_size > MAX_FILE:
-                raise HelperError(f"{path} is too big")
-            return {"data": base64.b64encode(self.files.read(path)).decode()}
+        if op == "open":
+            give.append(_open_regular(path))
+            return {}
         if op == "identity":
             return {"identity": self.files.identity(path)}
         if op == "listdir":
@@ -417,6 +444,10 @@ class HelperClient:
         (fd,) = self.call({"op": "channel"})["fds"]
         return int(fd)
 
+    def busy_ns(self, pids: list[int]) -> dict[int, int]:
+        """How long each process ran or waited to run (s6tls.shell.workers.busy_ns)."""
+        return dict(zip(pids, self.call({"op": "busy", "pids": pids})["busy"], strict=True))
+
     # Launcher
     def launch(
         self,
@@ -441,16 +472,24 @@ class HelperClient:
         pid, stdin, stdout = start_on_pipes(start)
         return HelperChild(self, pid, stdin, stdout)
 
-    # Files
+    # Files: a refusal is an OSError, as a file this process could not read
+    def _file_op(self, op: str, path: str) -> dict[str, Any]:
+        try:
+            return self.call({"op": op, "path": path})
+        except HelperError as e:
+            raise OSError(errno.EACCES, str(e), path) from None
+
     def read(self, path: str) -> bytes:
-        return base64.b64decode(self.call({"op": "read", "path": path})["data"])
+        (fd,) = self._file_op("open", path)["fds"]
+        with open(fd, "rb") as f:
+            return f.read()
 
     def identity(self, path: str) -> FileIdentity:
-        a, b, c, d, e = self.call({"op": "identity", "path": path})["identity"]
+        a, b, c, d, e = self._file_op("identity", path)["identity"]
         return (a, b, c, d, e)
 
     def listdir(self, path: str) -> list[str]:
-        return list(self.call({"op": "listdir", "path": path})["paths"])
+        return list(self._file_op("listdir", path)["paths"])
 
     # RuleSource
     def get(self, key: str) -> Rule | None:
@@ -458,17 +497,14 @@ class HelperClient:
         return found[1] if found else None
 
     def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None:
-        return _rule_from(self.call({"op": "find", "keys": list(keys)})["found"])
+        """RulesError when the ruleset cannot be read (or the helper is gone)."""
+        try:
+            return _rule_from(self.call({"op": "find", "keys": list(keys)})["found"])
+        except HelperError as e:
+            raise RulesError(str(e)) from None
 
 
-def split(
-    opts: Options,
-    base_env: Mapping[str, str],
-    rules: RuleSource | None,
-    uid: int,
-    gid: int,
-    not_for_helper: Iterable[int],
-) -> HelperClient:
+def split(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -> HelperClient:
     """Fork the root helper, then drop this process to uid:gid for good.
 
     The helper closes ``not_for_helper`` (the listening socket) at once.
@@ -482,7 +518,8 @@ def split(
         # The helper must not hold stdout open: -1's reader waits for its EOF.
         to_null(0, 1)
         try:
-            Helper(theirs, opts, base_env, rules).serve()
+            paths = service.resolver.paths() if service.resolver else ()
+            Helper(theirs, service.options, service.base_env, service.rules, paths).serve()
         finally:
             sys.stderr.flush()
             os._exit(111)
@@ -498,11 +535,9 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setresuid(uid, uid, uid)
 
 
-def use_helper(
-    service: Service, uid: int, gid: int, not_for_helper: Iterable[int]
-) -> HelperClient:
+def use_helper(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -> HelperClient:
     """Split this process: root stays in a helper, the service uses it from uid:gid."""
-    helper = split(service.options, service.base_env, service.rules, uid, gid, not_for_helper)
+    helper = split(service, uid, gid, not_for_helper)
     serve_through(service, helper)
     return helper
 
@@ -513,3 +548,5 @@ def serve_through(service: Service, helper: HelperClient) -> None:
     service.contexts.files = helper
     if service.rules is not None:
         service.rules = helper
+    if service.resolver is not None:
+        service.resolver.files = helper

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import gevent
 from gevent import socket as gsocket
@@ -44,7 +44,7 @@ from gevent.hub import Hub, get_hub, set_hub
 from gevent.socket import wait_read
 
 from s6tls import logline
-from s6tls.shell.descriptors import open_descriptors, reserved
+from s6tls.shell.descriptors import close_all_but, reserved
 from s6tls.shell.fdio import to_null
 from s6tls.shell.server import Server
 from s6tls.shell.spawn import reap
@@ -83,6 +83,16 @@ class Policy:
         return cls(1, max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS)))
 
 
+class Root(Protocol):
+    """With privilege separation, what the root helper does for the pool."""
+
+    def channel(self) -> int:
+        """A new channel to the helper, for a new worker."""
+
+    def busy_ns(self, pids: list[int]) -> dict[int, int]:
+        """busy_ns, read by the helper."""
+
+
 @dataclass
 class _Worker:
     born: float
@@ -92,11 +102,12 @@ class _Worker:
 class Pool:
     """The workers of a server, seen from the server."""
 
-    def __init__(self, server: Server, policy: Policy, channel: Callable[[], int] | None) -> None:
-        """channel: with privilege separation, a new channel to the root helper."""
+    def __init__(self, server: Server, policy: Policy, root: Root | None = None) -> None:
+        """root: with privilege separation, the root helper."""
         self.server = server
         self.policy = policy
-        self.channel = channel
+        self.root = root
+        self.busy_ns = root.busy_ns if root else busy_ns
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
         self._activity = Event()
@@ -146,7 +157,7 @@ class Pool:
     def _fork(self) -> None:
         log = self.server.service.log
         try:
-            channel = self.channel() if self.channel else None
+            channel = self.root.channel() if self.root else None
             pid = os.fork()
         except OSError as e:
             log.warning(f"unable to start a worker: {e.strerror or e}")
@@ -186,16 +197,16 @@ class Pool:
         newest once the load of the last samples fits in fewer."""
         loads: deque[float] = deque(maxlen=QUIET_SAMPLES)
         me = os.getpid()
-        busy, then = _busy_ns([me]), time.monotonic()
+        busy, then = self.busy_ns([me]), time.monotonic()
         while True:
             if not self.workers and loads and loads[-1] < IDLE_SHARE:
                 self._activity.clear()
                 self._activity.wait()
                 loads.clear()
-                busy, then = _busy_ns([me]), time.monotonic()
+                busy, then = self.busy_ns([me]), time.monotonic()
             gevent.sleep(SAMPLE_SECONDS)
             serving = [me, *(pid for pid, w in self.workers.items() if not w.retiring)]
-            now, busy_now = time.monotonic(), _busy_ns(serving)
+            now, busy_now = time.monotonic(), self.busy_ns(serving)
             shares = []
             for pid in serving:
                 born = self.workers[pid].born if pid in self.workers else then
@@ -217,8 +228,12 @@ class Pool:
                     self._retire(pid)
 
 
-def _busy_ns(pids: list[int]) -> dict[int, int]:
-    """For each process, how long it ran or waited to run, in ns (since it started)."""
+def busy_ns(pids: list[int]) -> dict[int, int]:
+    """For each process, how long it ran or waited to run, in ns (since it started).
+
+    Read in /proc, which a confined server cannot open: the root helper then
+    reads it (s6tls.shell.privsep).
+    """
     busy = {}
     for pid in pids:
         try:
@@ -261,12 +276,7 @@ def _leave_inherited(server: Server, keep: set[int]) -> None:
     _INHERITED.append(get_hub())
     for handler in server.signal_handlers:
         handler.cancel()  # from now on, signals wake the new loop
-    for fd in open_descriptors():
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    close_all_but(keep)
     set_hub(Hub(default=False))
 
 

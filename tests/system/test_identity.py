@@ -163,11 +163,13 @@ def helper(pki, tmp_path):
     theirs.close()
 
     def ask(request, fds=()):
+        """The helper's reply, with the descriptors it passed as "fds"."""
         socket.send_fds(ours, [json.dumps(request).encode()], list(fds))
         while True:
-            reply = json.loads(ours.recv(1 << 20))
+            data, passed, _, _ = socket.recv_fds(ours, 1 << 20, 2)
+            reply = json.loads(data)
             if "exit" not in reply:
-                return reply
+                return {**reply, "fds": passed} if passed else reply
 
     yield ask
     ours.close()
@@ -185,10 +187,39 @@ GOOD_CONN = {
 GOOD_INFO = {"protocol": "TLSv1.3", "cipher": "x"}
 
 
-def test_helper_reads_only_configured_files(helper, pki):
-    assert "data" in helper({"op": "read", "path": str(pki.ec.key)})
+def test_helper_opens_only_configured_files(helper, pki):
+    (fd,) = helper({"op": "open", "path": str(pki.ec.key)})["fds"]
+    with open(fd, "rb") as f:
+        assert f.read() == pki.ec.key.read_bytes()
     for path in ("/etc/shadow", str(pki.rsa.key), "/proc/self/environ"):
-        assert "not a file the configuration names" in helper({"op": "read", "path": path})["error"]
+        assert "not a file the configuration names" in helper({"op": "open", "path": path})["error"]
+
+
+def test_helper_opens_no_fifo_and_no_device(tmp_path):
+    """A KEYFILE that names a FIFO or a device neither blocks the helper nor
+    streams forever: only regular files are opened."""
+    from s6tls.options import parse
+    from s6tls.shell.privsep import Helper
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    env = {"KEYFILE": str(fifo), "CERTFILE": "/dev/zero"}
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        ours.close()
+        Helper(theirs, parse(["-H", "127.0.0.1", "0", "/bin/true"]), env, None).serve()
+    theirs.close()
+    try:
+        ours.settimeout(5)
+        for path in (str(fifo), "/dev/zero"):
+            socket.send_fds(ours, [json.dumps({"op": "open", "path": path}).encode()], [])
+            data, fds, _, _ = socket.recv_fds(ours, 1 << 20, 2)
+            assert (json.loads(data)["error"], fds) == ("not a regular file", [])
+    finally:
+        ours.close()
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
 
 
 def test_helper_spawns_only_what_is_configured(helper):
