@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -55,8 +56,32 @@ class ServerFactory(Protocol):
     ) -> Running: ...
 
 
+# The uid and gid a confined TLS engine runs as.
+NOBODY = "65534"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked both_engines run with each engine (see the engine fixture)."""
+    node = metafunc.definition
+    if node.get_closest_marker("both_engines") and "server" in metafunc.fixturenames:
+        modes = ["open"] if node.get_closest_marker("open_engine_only") else ["open", "confined"]
+        metafunc.parametrize("engine", modes, indirect=True)
+
+
 @pytest.fixture
-def server(pki: PKI, tmp_path: Path) -> Iterator[ServerFactory]:
+def engine(request: pytest.FixtureRequest) -> str:
+    """How the servers of a test run their TLS engine: "open", in the process
+    started, as started; or "confined", started as root with TLS_UID and
+    TLS_GID (privilege separation, and the engine confined), unless the test
+    sets TLS_UID itself."""
+    mode = getattr(request, "param", "open")
+    if mode == "confined" and os.geteuid() != 0:
+        pytest.skip("privilege separation needs root")
+    return str(mode)
+
+
+@pytest.fixture
+def server(pki: PKI, tmp_path: Path, engine: str) -> Iterator[ServerFactory]:
     """Start s6-tlsserver with the given arguments; everything is killed afterwards.
 
     env defaults to the EC key pair; pass env to replace it.
@@ -65,7 +90,10 @@ def server(pki: PKI, tmp_path: Path) -> Iterator[ServerFactory]:
 
     def factory(*args: str, env: Mapping[str, str] | None = None, notify: bool = True) -> Running:
         log = tmp_path / f"server{len(started)}.log"
-        running = start(list(args), pki.env() if env is None else env, log, notify=notify)
+        env = pki.env() if env is None else env
+        if engine == "confined" and "TLS_UID" not in env:
+            env = {**env, "TLS_UID": NOBODY, "TLS_GID": NOBODY}
+        running = start(list(args), env, log, notify=notify)
         started.append(running)
         return running
 

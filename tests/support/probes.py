@@ -130,6 +130,15 @@ def session_members(sid: int) -> list[int]:
     return found
 
 
+def uid(pid: int) -> str | None:
+    """The real uid of pid, None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(line.split()[1] for line in f if line.startswith("Uid:"))
+    except OSError:
+        return None
+
+
 def alive(pid: int) -> bool:
     """Whether pid exists and has not ended."""
     return state(pid) not in (None, "Z")

@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tests.support.probes import children, uid
+
 # Our commands, from the environment that runs the tests (never skarnet's /usr/bin ones).
 BIN = Path(sys.executable).parent
 S6_TLSSERVER = str(BIN / "s6-tlsserver")
@@ -56,11 +58,28 @@ class Running:
 
     def children(self) -> list[int]:
         """pids whose parent is the server."""
-        try:
-            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
-        except OSError:
-            return []
-        return [int(p) for p in text.split()]
+        return children(self.pid)
+
+    def progs(self) -> list[int]:
+        """The progs running for this server: its children that are not copies
+        of it, and the children of its copies (each worker's progs, and with
+        TLS_UID every prog, which the root helper starts)."""
+        forks = self.forks()
+        kids = [p for p in self.children() if p not in forks]
+        for pid in forks:
+            kids += children(pid)
+        return sorted(kids)
+
+    def workers(self) -> list[int]:
+        """The copies of the server that serve beside it (not the TLS_UID root
+        helper: the only copy that runs as another user)."""
+        me = uid(self.pid)
+        return [p for p in self.forks() if uid(p) == me]
+
+    def helper(self) -> int | None:
+        """With TLS_UID, the root helper (which starts every prog)."""
+        me = uid(self.pid)
+        return next((p for p in self.forks() if uid(p) != me), None)
 
     def forks(self) -> list[int]:
         """Children that run the server's own program: its workers (and, with

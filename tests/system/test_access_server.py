@@ -27,7 +27,7 @@ from tests.support.server import BIN, S6_TLSSERVER, Running, run_command, start
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.both_engines]
 
 ENV_PROG = ("/usr/bin/env",)
 OUR_CDB_FROM_FS = str(BIN / "s6-accessrules-cdb-from-fs")

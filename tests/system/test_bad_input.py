@@ -167,7 +167,7 @@ def test_reset_during_the_session(marked):
     assert m.ran_for(port)
     probes.reset(s)
     assert "Connection reset by peer" in m.one_line_for(port)
-    assert wait_for(lambda: not m.srv.children())  # prog got EOF and ended
+    assert wait_for(lambda: not m.srv.progs())  # prog got EOF and ended
     m.serves_next()
 
 

@@ -115,7 +115,7 @@ def test_J_logs_a_missing_close_notify(server, option, logged):
         assert srv.lines() == [line]
     else:
         # the session is over once prog is reaped: nothing more can be logged
-        assert wait_for(lambda: not srv.children())
+        assert wait_for(lambda: not srv.progs())
         assert srv.log() == ""
 
 
@@ -126,7 +126,7 @@ def test_J_is_quiet_after_a_close_notify(server):
     bio.close_notify()
     assert bio.read_all() == (b"x\n", "close_notify")
     bio.sock.close()
-    assert wait_for(lambda: not srv.children())
+    assert wait_for(lambda: not srv.progs())
     assert srv.log() == ""
 
 
@@ -141,7 +141,7 @@ def test_client_leaving_while_prog_writes_a_lot(server, prog, how):
     got = 0
     while got < 1 << 20:
         got += len(s.recv(65536))
-    (pid,) = srv.children()
+    (pid,) = srv.progs()
     if how == "reset":
         probes.reset(s)
     else:

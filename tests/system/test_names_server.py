@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 pytestmark = [
     pytest.mark.timeout(60),
+    pytest.mark.both_engines,
     pytest.mark.skipif(os.geteuid() != 0, reason="binds ports 53 and 113: needs root"),
 ]
 

@@ -16,8 +16,8 @@ from tests.support.server import Running, wait_for
 
 def settled(srv: Running, before: Counter[str]) -> None:
     """Wait until the server is back to its idle state, and check it is."""
-    wait_for(lambda: not srv.children() and probes.fd_kinds(srv.pid) == before)
-    assert srv.children() == []
+    wait_for(lambda: not srv.progs() and probes.fd_kinds(srv.pid) == before)
+    assert srv.progs() == []
     assert probes.zombie_children(srv.pid) == []
     assert probes.fd_kinds(srv.pid) == before
 
@@ -27,7 +27,7 @@ def warm_up(srv: Running) -> Counter[str]:
     with client.connect(srv.port) as s:
         client.half_close(s)
         client.read_all(s)
-    wait_for(lambda: not srv.children())
+    wait_for(lambda: not srv.progs())
     return probes.fd_kinds(srv.pid)
 
 
@@ -51,7 +51,7 @@ def test_concurrent_sessions_leave_nothing_behind(server):
             s.sendall(b"%d\n" % i)
         for i, s in enumerate(sessions):
             assert s.recv(100) == b"%d\n" % i
-        assert len(srv.children()) == 50
+        assert len(srv.progs()) == 50
         # every session holds its socket, its two pipes and a pidfd at most
         assert probes.fd_kinds(srv.pid)["socket"] == 51
         for s in sessions:

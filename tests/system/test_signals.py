@@ -21,6 +21,8 @@ import pytest
 from tests.support import client, probes
 from tests.support.server import Running, wait_for
 
+pytestmark = pytest.mark.both_engines
+
 INFO = "s6-tlsserver: info: "
 CAT = "/bin/cat"
 # A prog that ignores SIGTERM (the disposition survives exec): only SIGKILL ends it.
@@ -32,7 +34,7 @@ def open_sessions(srv: Running, n: int = 2) -> list[ssl.SSLSocket]:
     sessions = [client.connect(srv.port) for _ in range(n)]
     for s in sessions:
         assert client.echo(s) == b"ping\n"
-    assert wait_for(lambda: len(srv.children()) == n)
+    assert wait_for(lambda: len(srv.progs()) == n)
     return sessions
 
 
@@ -46,7 +48,8 @@ def exit_code(srv: Running, timeout: float = 5) -> int:
 def test_sigterm_stops_listening_and_exits_but_sessions_go_on(server):
     srv = server("-v", "-H", "127.0.0.1", "0", CAT)
     sessions = open_sessions(srv)
-    progs = srv.children()
+    progs = srv.progs()
+    helper = srv.helper()  # with TLS_UID: it stays while a drainer needs it
 
     srv.signal(signal.SIGTERM)
     assert exit_code(srv) == 0
@@ -57,7 +60,7 @@ def test_sigterm_stops_listening_and_exits_but_sessions_go_on(server):
     assert all(probes.alive(p) for p in progs)
     for s in sessions:
         assert client.echo(s, b"still there?\n") == b"still there?\n"
-    drainers = set(probes.session_members(srv.pid)) - set(progs)
+    drainers = set(probes.session_members(srv.pid)) - {*progs, helper}
     assert len(drainers) == 1
     (drainer,) = drainers
     assert "s6-tlsserver" in Path(f"/proc/{drainer}/cmdline").read_text()
@@ -74,7 +77,7 @@ def test_sigterm_stops_listening_and_exits_but_sessions_go_on(server):
 def test_sighup_terminates_progs_and_keeps_serving(server):
     srv = server("-v", "-H", "127.0.0.1", "0", CAT)
     sessions = open_sessions(srv)
-    progs = srv.children()
+    progs = srv.progs()
     # A stopped prog ends only if SIGCONT follows SIGTERM.
     os.kill(progs[0], signal.SIGSTOP)
     assert wait_for(lambda: probes.state(progs[0]) == "T")
@@ -98,7 +101,7 @@ def test_sighup_terminates_progs_and_keeps_serving(server):
 def test_sigquit_terminates_progs_and_exits(server):
     srv = server("-v", "-H", "127.0.0.1", "0", CAT)
     sessions = open_sessions(srv)
-    progs = srv.children()
+    progs = srv.progs()
     os.kill(progs[0], signal.SIGSTOP)  # ends only if SIGCONT follows SIGTERM
     assert wait_for(lambda: probes.state(progs[0]) == "T")
 
@@ -121,7 +124,7 @@ def test_sigquit_terminates_progs_and_exits(server):
 def test_sigabrt_kills_progs_and_exits(server):
     srv = server("-v", "-H", "127.0.0.1", "0", *TERM_PROOF)
     sessions = open_sessions(srv)
-    progs = srv.children()
+    progs = srv.progs()
 
     srv.signal(signal.SIGABRT)
     assert exit_code(srv) == 0
@@ -144,7 +147,7 @@ def test_sighup_sends_sigterm_not_sigkill(server):
     assert srv.wait_log("received SIGHUP")
     # The prog ignores SIGTERM, so the session is untouched.
     assert client.echo(s, b"after\n") == b"after\n"
-    assert srv.children()
+    assert srv.progs()
     s.close()
 
 

@@ -13,6 +13,8 @@ import pytest
 from tests.support import client
 from tests.support.server import S6_TLSSERVER, run_command
 
+pytestmark = pytest.mark.both_engines
+
 ENV_PROG = ("/usr/bin/env",)
 
 

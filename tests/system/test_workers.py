@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.support import client
+from tests.support import client, probes
 from tests.support.server import S6_TLSSERVER, Running, run_command, wait_for
+
+pytestmark = pytest.mark.both_engines
 
 WHO = ("/bin/sh", "-c", "echo ppid=$PPID conn=$TCPCONNNUM; exec cat")
 TWO = {"S6TLS_WORKERS": "2"}
@@ -37,7 +39,7 @@ def open_session(port: int, source: str = "127.0.0.1") -> tuple[ssl.SSLSocket, d
 def sessions_on(srv: Running, pid: int, count: int) -> list[tuple[ssl.SSLSocket, dict[str, str]]]:
     """Open count sessions that process pid serves: the other serving processes
     are stopped (SIGSTOP) meanwhile, so only pid accepts."""
-    others = [p for p in (srv.pid, *srv.forks()) if p != pid]
+    others = [p for p in (srv.pid, *srv.workers()) if p != pid]
     for p in others:
         os.kill(p, signal.SIGSTOP)
     try:
@@ -45,10 +47,12 @@ def sessions_on(srv: Running, pid: int, count: int) -> list[tuple[ssl.SSLSocket,
     finally:
         for p in others:
             os.kill(p, signal.SIGCONT)
-    assert all(f["ppid"] == str(pid) for _, f in sessions)
+    assert all(f["ppid"] == str(srv.helper() or pid) for _, f in sessions)
     return sessions
 
 
+# prog's parent tells which process served it: without TLS_UID only.
+@pytest.mark.open_engine_only
 def test_two_processes_serve_with_exact_counts(server, pki):
     srv = server("-H", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
     (worker,) = srv.forks()
@@ -94,7 +98,7 @@ def test_maxconn_is_exact_across_processes(server, pki):
 
 def test_sigterm_leaves_sessions_to_finish(server, pki):
     srv = server("-v", "-H", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
-    (worker,) = srv.forks()
+    (worker,) = srv.workers()
     sessions = [open_session(srv.port) for _ in range(4)]
     srv.signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=5) == 0
@@ -106,6 +110,7 @@ def test_sigterm_leaves_sessions_to_finish(server, pki):
     assert wait_for(lambda: not os.path.exists(f"/proc/{worker}"))
 
 
+@pytest.mark.open_engine_only  # prog's parent tells which process served it
 def test_sighup_reaches_progs_in_every_process(server, pki):
     srv = server("-v", "-H", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
     with ThreadPoolExecutor(8) as pool:
@@ -126,19 +131,15 @@ def test_bad_worker_count(pki, value):
     assert r.stderr.startswith("s6-tlsserver: fatal: S6TLS_WORKERS must be")
 
 
-def uid_of(pid: int) -> str:
-    with open(f"/proc/{pid}/status") as f:
-        return next(line.split()[1] for line in f if line.startswith("Uid:"))
-
-
+@pytest.mark.open_engine_only  # it sets TLS_UID itself
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 def test_workers_share_one_root_helper(server, pki):
     env = {**pki.env(), **TWO, "TLS_UID": "65534", "TLS_GID": "65534"}
     srv = server("-H", "127.0.0.1", "0", *WHO, env=env)
-    assert uid_of(srv.pid) == "65534"
+    assert probes.uid(srv.pid) == "65534"
     # one root helper, which never faces the network, and one worker as TLS_UID
-    assert wait_for(lambda: sorted(uid_of(p) for p in srv.forks()) == ["0", "65534"])
-    (helper,) = (p for p in srv.forks() if uid_of(p) == "0")
+    assert wait_for(lambda: sorted(probes.uid(p) for p in srv.forks()) == ["0", "65534"])
+    helper = srv.helper()
     with ThreadPoolExecutor(12) as pool:
         sessions = list(pool.map(lambda _: open_session(srv.port), range(12)))
     # the helper started every prog, for both processes
@@ -151,7 +152,7 @@ def test_workers_share_one_root_helper(server, pki):
 
 def test_a_dead_worker_is_replaced(server, pki):
     srv = server("-v", "-H", "-c", "4", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
-    (victim,) = srv.forks()
+    (victim,) = srv.workers()
     # Each waiting acceptor holds the slot of its next session: after two
     # sessions on the server, the worker can take one more, and then waits for
     # a slot (the server's acceptor holds the fourth).
@@ -159,9 +160,9 @@ def test_a_dead_worker_is_replaced(server, pki):
     held = 1
     os.kill(victim, signal.SIGKILL)
     assert srv.wait_log(f"worker {victim} died (signal 9); {held} of its slots given back")
-    assert wait_for(lambda: len(srv.forks()) == 1 and srv.forks() != [victim])
+    assert wait_for(lambda: len(srv.workers()) == 1 and srv.workers() != [victim])
     # the slots are usable again: -c 4 allows four sessions, no more
-    survivors = [s for s, f in sessions if f["ppid"] != str(victim)]
+    survivors = [s for s, _ in sessions[:2]]
     fresh = [open_session(srv.port) for _ in range(4 - len(survivors))]
     for s in survivors:
         assert client.echo(s) == b"ping\n"
@@ -177,7 +178,7 @@ def test_a_dead_worker_is_replaced(server, pki):
 
 def test_workers_finish_their_sessions_when_the_server_vanishes(server, pki):
     srv = server("-H", "127.0.0.1", "0", *WHO, env={**pki.env(), **TWO})
-    (worker,) = srv.forks()
+    (worker,) = srv.workers()
     sessions = sessions_on(srv, worker, 2)
     on_worker = [s for s, _ in sessions]
     os.kill(srv.pid, signal.SIGKILL)
@@ -246,30 +247,16 @@ def load() -> Iterator[list[Load]]:
 
 def processes(srv: Running) -> int:
     """Processes that serve: the server and its workers (not the root helper)."""
-    me = uid_of(srv.pid)
-    return 1 + sum(uid_of(p) == me for p in srv.forks())
-
-
-as_nobody = {"TLS_UID": "65534", "TLS_GID": "65534"}
+    return 1 + len(srv.workers())
 
 
 @many_cpus
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(
-    "identity",
-    [
-        {},
-        pytest.param(
-            as_nobody,
-            marks=pytest.mark.skipif(os.geteuid() != 0, reason="needs root"),
-            id="TLS_UID",
-        ),
-    ],
-)
-def test_workers_come_under_load_and_go_when_quiet(server, pki, slow_pair, load, identity):
+def test_workers_come_under_load_and_go_when_quiet(server, pki, slow_pair, load, engine):
     prog = ("/bin/sh", "-c", "echo conn=$TCPCONNNUM")
-    srv = server("-v", "-H", "127.0.0.1", "0", *prog, env={**pki.env(slow_pair), **identity})
-    assert len(srv.forks()) == (1 if identity else 0)  # with TLS_UID, the root helper
+    srv = server("-v", "-H", "127.0.0.1", "0", *prog, env=pki.env(slow_pair))
+    # with TLS_UID, the root helper
+    assert len(srv.forks()) == (1 if engine == "confined" else 0)
     load.append(Load(srv.port, threads=6))
     assert wait_for(lambda: processes(srv) > 1, timeout=20)
     most = len(os.sched_getaffinity(0))
