@@ -24,6 +24,7 @@ from benchlib.certs import KeyPair
 from benchlib.procs import Processes
 
 BACKLOG = 4096
+NOBODY = "65534"
 OURS = str(Path(sys.executable).parent / "s6-tlsserver")
 
 
@@ -67,6 +68,7 @@ class Kind:
     tls: bool
     command: Callable[[Setup, int, Sequence[str], Path], Launch]
     note: str = ""
+    by_default: bool = True  # measured when --servers does not name the servers
 
 
 def _base_env() -> dict[str, str]:
@@ -74,7 +76,7 @@ def _base_env() -> dict[str, str]:
 
 
 def _ours(
-    nodelay: bool, workers: int | None = None
+    nodelay: bool, workers: int | None = None, **more_env: str
 ) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
     """s6-tlsserver; workers: S6TLS_WORKERS (None: unset, as the load needs)."""
 
@@ -84,7 +86,7 @@ def _ours(
         env = {**_base_env(), "KEYFILE": str(setup.pair.key), "CERTFILE": str(setup.pair.cert)}
         if workers is not None:
             env["S6TLS_WORKERS"] = str(workers)
-        return [*argv, "127.0.0.1", str(port), *prog], env
+        return [*argv, "127.0.0.1", str(port), *prog], env | more_env
 
     return command
 
@@ -140,6 +142,23 @@ KINDS: dict[str, Kind] = {
         Kind("ours-1", "ours N=1", True, _ours(False, 1), "s6-tlsserver, S6TLS_WORKERS=1"),
         Kind("ours-2", "ours N=2", True, _ours(False, 2), "s6-tlsserver, S6TLS_WORKERS=2"),
         Kind("ours-D", "ours -D", True, _ours(True), "s6-tlsserver -D"),
+        # Privilege separation (as root), one process: what confinement costs.
+        Kind(
+            "ours-uid",
+            "TLS_UID",
+            True,
+            _ours(False, 1, TLS_UID=NOBODY, TLS_GID=NOBODY),
+            "s6-tlsserver as root, TLS_UID=65534, S6TLS_WORKERS=1: the TLS engine confined",
+            by_default=False,
+        ),
+        Kind(
+            "ours-uid-open",
+            "TLS_UID,open",
+            True,
+            _ours(False, 1, TLS_UID=NOBODY, TLS_GID=NOBODY, S6TLS_CONFINE="0"),
+            "the same with S6TLS_CONFINE=0",
+            by_default=False,
+        ),
         Kind("stunnel", "stunnel", True, _stunnel, "stunnel4, exec mode, debug = err"),
         Kind("socat", "socat", True, _socat, "socat OPENSSL-LISTEN,fork EXEC"),
         Kind("tcpserver", "tcpserver", False, _tcpserver, "ucspi-tcp, no TLS (ceiling)"),
