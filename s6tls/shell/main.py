@@ -198,11 +198,13 @@ def start(
     server = Server(service, listener, limits)
     helper = None
     if ids:
-        # Only with TLS_UID: the helper's code, and the confinement's (ctypes).
-        from s6tls.shell.confine import prepare
-        from s6tls.shell.privsep import use_helper
+        from s6tls.shell.privsep import use_helper  # the helper's code, only with TLS_UID
 
-        confine = prepare(service.options) if confined else None
+        confine = None
+        if confined:
+            from s6tls.shell.confine import prepare  # ctypes and libseccomp, likewise
+
+            confine = prepare(service.options)  # while files can still be read
         helper = use_helper(service, *ids, not_for_helper=[listener.fileno(), *limits.fds()])
         if confine:
             missing = confine()
