@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.client import connect, echo, read_all
 from tests.support.inside import run_inside
-from tests.support.server import have, wait_for
+from tests.support.server import have, start, wait_for
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -104,12 +104,27 @@ def cleanup_created_files(pids: list[int]) -> None:
         Path(f"/tmp/s6tls-escape-{pid}").unlink(missing_ok=True)
 
 
+# The unconfined engine as a system-wide Python would have it: able to import
+# ctypes after its drop to nobody (the interpreter that runs the tests may keep
+# its standard library where only root can read).
+WITH_CTYPES = [
+    sys.executable,
+    "-c",
+    "import ctypes, runpy, sys\n"
+    "sys.argv = sys.argv[1:]\n"
+    "runpy.run_path(sys.argv[0], run_name='__main__')",
+]
+
+
 @pytest.mark.skipif(not have("lldb"), reason="lldb is not installed (tools/install --test)")
-def test_a_taken_over_engine_can_do_nothing(neighbour, listener, server, pki):
+def test_a_taken_over_engine_can_do_nothing(neighbour, listener, server, pki, tmp_path):
     # neighbour first: it outlives the servers, one of which may trace it.
     tries = attempts(neighbour, listener)
     statements = [statement for _, statement, _ in tries]
-    free = server("-H", "--", "127.0.0.1", "0", "cat", env={**pki.env(), **UNCONFINED})
+    free = start(
+        ["-H", "--", "127.0.0.1", "0", "cat"], {**pki.env(), **UNCONFINED}, tmp_path / "free.log",
+        wrapper=WITH_CTYPES,
+    )  # fmt: skip
     confined = server(
         "-H", "--", "127.0.0.1", "0", "cat", env={**pki.env(), **CONFINED, "S6TLS_WORKERS": "2"}
     )
@@ -120,6 +135,7 @@ def test_a_taken_over_engine_can_do_nothing(neighbour, listener, server, pki):
         got_confined = run_inside(confined.pid, statements)
         got_worker = run_inside(worker, statements)
     finally:
+        free.stop()
         cleanup_created_files([free.pid, confined.pid, worker])
     for (what, _, succeeds), outcome in zip(tries, got_free, strict=True):
         assert outcome == (0 if succeeds else -1), f"unconfined engine: {what}"
@@ -198,8 +214,6 @@ NO_LANDLOCK = [
 
 
 def test_a_kernel_without_landlock_gets_a_warning_and_a_server(pki, tmp_path):
-    from tests.support.server import start
-
     srv = start(
         ["-H", "--", "127.0.0.1", "0", "cat"], {**pki.env(), **CONFINED}, tmp_path / "log",
         wrapper=NO_LANDLOCK,
