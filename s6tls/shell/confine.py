@@ -263,9 +263,8 @@ def engine_filter(sockets: Iterable[int]) -> Filter:
 
 
 # Modules that load on first use, where a confined process could not read
-# them: gevent's report of a greenlet that failed (tblib pickles the
-# traceback), the digest of a client certificate.
-_ALWAYS_PRELOAD: tuple[str, ...] = ("pickle",)
+# them: the digest of a client certificate. (gevent also imports pickle when
+# a greenlet fails, to keep its traceback; it does without when it cannot.)
 _CLIENT_CERT_PRELOAD: tuple[str, ...] = ("hashlib",)
 
 
@@ -279,9 +278,7 @@ def engine_needs(opts: Options) -> tuple[Network, tuple[int, ...], tuple[str, ..
         bind.append(0)  # from the connection's local address, any port
         connect.append(IDENT_PORT)
     families = (socket.AF_INET, socket.AF_INET6) if opts.dns or opts.ident else ()
-    preload = _ALWAYS_PRELOAD
-    if opts.client_cert is not ClientCert.NONE:
-        preload += _CLIENT_CERT_PRELOAD
+    preload = _CLIENT_CERT_PRELOAD if opts.client_cert is not ClientCert.NONE else ()
     return Network(tuple(bind), tuple(connect)), families, preload
 
 
