@@ -18,6 +18,10 @@ from pathlib import Path
 
 from tests.support.server import wait_for
 
+# nspawn's own system call filter (systemd 252) refuses Landlock, which a host
+# allows and s6-tlsserver's TLS engine uses: let it through, as on the host.
+LANDLOCK = "landlock_create_ruleset landlock_add_rule landlock_restrict_self"
+
 
 class BootFailed(Exception):
     """The machine could not be made or booted here (the reason is the message)."""
@@ -57,7 +61,8 @@ class Machine:
         with open(self.log, "wb") as log:
             self._nspawn = subprocess.Popen(
                 ["systemd-nspawn", "--quiet", "--directory", str(self.root), "--register=no",
-                 "--keep-unit", f"--machine={self.name}", "--boot", "systemd.firstboot=off"],
+                 "--keep-unit", f"--machine={self.name}", f"--system-call-filter={LANDLOCK}",
+                 "--boot", "systemd.firstboot=off"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip

@@ -125,7 +125,7 @@ def test_fields(built: Built) -> None:
     assert built.deb.name == f"s6tls_{version}_{arch}.deb"
     assert (built.field("Package"), built.field("Version")) == ("s6tls", version)
     depends = [d.strip() for d in built.field("Depends").split(",")]
-    assert debian_python() in depends and "openssl" in depends
+    assert {debian_python(), "openssl", "libseccomp2"} <= set(depends)
     assert built.field("Conflicts") == built.field("Replaces") == "s6-networking"
 
 
@@ -456,8 +456,44 @@ def test_service_under_systemd(lab: Lab, pki: PKI) -> None:
             return cert == pki.alt.cert_der_bytes
 
         assert wait_for(rotated, timeout=5)
+        # no warning but about a client (the test's own probes of the port): the
+        # server, confinement and all, started as it should under this unit
+        log = machine.run("journalctl", "--unit=s6tls@pkgtest-sd.service", "--output=cat").stdout
+        assert "s6-tlsserver: info: starting" in log
+        assert not re.findall(r"warning: (?!127\.0\.0\.\d+_\d+: ).*", log)
     finally:
         machine.run("systemctl", "stop", "s6tls@pkgtest-sd.service", check=False)
+
+
+# Run inside the unit's sandbox: what s6-tlsserver's TLS engine needs to confine
+# itself, on top of what the unit does: Landlock's ABI version, and seccomp().
+CONFINEMENT_PROBE = "; ".join(
+    (
+        "import ctypes, os",
+        "libc = ctypes.CDLL(None, use_errno=True)",
+        "seccomp = dict(x86_64=317, aarch64=277)[os.uname().machine]",
+        "allow = ctypes.c_uint32(0x7FFF0000)",  # SECCOMP_RET_ALLOW: is it available?
+        "print(libc.syscall(444, None, 0, 1), libc.syscall(seccomp, 2, 0, ctypes.byref(allow)))",
+    )
+)
+
+
+def test_unit_lets_the_engine_confine_itself(lab: Lab) -> None:
+    """The unit's system call filter lets through Landlock and seccomp()."""
+    machine = lab.get()
+    dropin = machine.path("/etc/systemd/system/s6tls@pkgtest-probe.service.d")
+    dropin.mkdir(parents=True)
+    (dropin / "probe.conf").write_text(
+        "[Service]\nType=oneshot\nRestart=no\nEnvironmentFile=\nExecStart=\n"
+        f"ExecStart=/usr/bin/python3 -c '{CONFINEMENT_PROBE}'\n"
+    )
+    machine.run("systemctl", "daemon-reload")
+    machine.run("systemctl", "start", "s6tls@pkgtest-probe.service")
+    said = machine.run("journalctl", "--unit=s6tls@pkgtest-probe.service", "--output=cat")
+    answer = re.search(r"^(-?\d+) (-?\d+)$", said.stdout, re.M)
+    assert answer, said.stdout
+    abi, seccomp = int(answer.group(1)), int(answer.group(2))
+    assert abi >= 1 and seccomp == 0, said.stdout  # with @system-service alone: -1 -1
 
 
 def test_socket_unit_under_systemd(lab: Lab, pki: PKI) -> None:
