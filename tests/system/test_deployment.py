@@ -12,16 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.support import client, units
-from tests.support.server import BIN, S6_TLSSERVER, wait_for
+from tests.support.server import BIN, S6_TLSSERVER, free_port, listening, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules-examples"
 ENV_PROG = ("/usr/bin/env",)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Proc:
@@ -67,7 +61,7 @@ def test_behind_haproxy(server, procs, tmp_path, send):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", front)) == 0)
+    assert wait_for(lambda: listening(front))
     with client.connect(front, source="127.0.0.3") as s:
         mine = s.getsockname()
         got = client.env_of(client.read_all(s)[0])
@@ -170,7 +164,7 @@ def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
         stdout=subprocess.DEVNULL,
         env=env,
     )
-    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
+    assert wait_for(lambda: listening(port))
     for _ in range(3):
         with client.connect(port) as s:
             got = client.env_of(client.read_all(s)[0])
@@ -215,7 +209,7 @@ def test_s6_run_script_with_readiness(pki, procs, tmp_path):
     with client.connect(port) as s:
         assert client.env_of(client.read_all(s)[0])["TCPLOCALPORT"] == str(port)
     subprocess.run(["s6-svc", "-wD", "-T", "10000", "-d", str(service)], timeout=15, check=True)
-    assert socket.socket().connect_ex(("127.0.0.1", port)) != 0
+    assert not listening(port)
     subprocess.run(["s6-svc", "-x", str(service)], timeout=5)
 
 
@@ -228,6 +222,6 @@ def test_runit_run_script(pki, procs, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
+    assert wait_for(lambda: listening(port))
     with client.connect(port) as s:
         assert client.env_of(client.read_all(s)[0])["TCPLOCALPORT"] == str(port)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tomllib
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 
 from tests.support import client, units
 from tests.support.nspawn import BootFailed, Machine
-from tests.support.server import wait_for
+from tests.support.server import free_port, listening, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import PKI
@@ -310,18 +309,6 @@ def instance(root: Path, name: str, pki: PKI, prog: str, port: int) -> None:
         PROG=prog,
     )
     (root / "etc" / "s6tls" / f"{name}.conf").write_text(conf)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def served(port: int, source: str = "127.0.0.1") -> tuple[str, dict[str, str]]:
