@@ -535,18 +535,26 @@ def test_upgrade_keeps_sessions(lab: Lab, newer: Built, pki: PKI) -> None:
     assert wait_for(only_the_new_server, timeout=10), servers(machine, "pkgtest-up")
 
 
-def test_purge_under_systemd_stops_instances(lab: Lab) -> None:
-    """prerm stops the running instances; the purge takes the package's files away."""
+def test_purge_and_install_under_systemd(lab: Lab, built: Built) -> None:
+    """prerm stops the running instances and the purge takes the package's files
+    away; installed again, the package starts nothing, and an instance starts."""
     machine = lab.get()
     if not servers(machine, "pkgtest-up"):
         pytest.skip("test_upgrade_keeps_sessions left no instance running")
-    purging = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "purge", "-y", "s6tls")
-    machine.run(*purging, timeout=180)
+    apt = ("env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "-y")
+    machine.run(*apt, "purge", "s6tls", timeout=180)
     state = machine.run("systemctl", "is-active", "s6tls@pkgtest-up.service", check=False)
     assert state.stdout in ("inactive\n", "failed\n")
     assert wait_for(lambda: not servers(machine, "pkgtest-up"), timeout=10)
     assert not machine.path(str(VENV)).exists()
     assert not machine.path("/usr/bin/s6-tlsserver").exists()
+    shutil.copy(built.deb, machine.path("/var/tmp"))
+    machine.run(*apt, "install", f"/var/tmp/{built.deb.name}", timeout=180)
+    running = ("systemctl", "list-units", "--no-legend", "--state=active", "s6tls@*")
+    assert machine.run(*running).stdout == ""
+    machine.run("systemctl", "start", "s6tls@pkgtest-up.service")  # its files stayed
+    assert servers(machine, "pkgtest-up")
+    machine.run("systemctl", "stop", "s6tls@pkgtest-up.service")
 
 
 # -- purged
