@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +17,20 @@ from tests.support.probes import children, uid
 # Our commands, from the environment that runs the tests (never skarnet's /usr/bin ones).
 BIN = Path(sys.executable).parent
 S6_TLSSERVER = str(BIN / "s6-tlsserver")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on now (the kernel's choice)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on host:port."""
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
 
 
 def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.02) -> bool:

@@ -11,17 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import client
-from tests.support.server import BIN, S6_TLSSERVER, wait_for
+from tests.support import client, units
+from tests.support.server import BIN, S6_TLSSERVER, free_port, listening, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules-examples"
 ENV_PROG = ("/usr/bin/env",)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Proc:
@@ -67,7 +61,7 @@ def test_behind_haproxy(server, procs, tmp_path, send):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", front)) == 0)
+    assert wait_for(lambda: listening(front))
     with client.connect(front, source="127.0.0.3") as s:
         mine = s.getsockname()
         got = client.env_of(client.read_all(s)[0])
@@ -141,21 +135,22 @@ def test_listening_socket_on_fd_0(pki, tmp_path, workers):
         proc.wait()
 
 
-def unit_exec_start(path: Path) -> list[str]:
-    line = next(x for x in path.read_text().splitlines() if x.startswith("ExecStart="))
-    return line.removeprefix("ExecStart=").split()
-
-
 @pytest.mark.skipif(
     not shutil.which("systemd-socket-activate"), reason="no systemd-socket-activate"
 )
+@pytest.mark.skipif(os.geteuid() != 0, reason="the unit's example runs as root (TLS_UID, -u -g)")
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
-    argv = unit_exec_start(EXAMPLES / "run-systemd" / "s6tls.service")
-    argv[0] = S6_TLSSERVER
-    argv[-1] = "/usr/bin/env"
+    """s6tls@.service's command line, with example.conf, on a socket systemd would pass."""
+    example = (EXAMPLES / "run-systemd" / "example.conf").read_text()
+    conf = units.configure(
+        example, KEYFILE=str(pki.ec.key), CERTFILE=str(pki.ec.cert), PROG="/usr/bin/env"
+    )
+    (tmp_path / "etc" / "s6tls").mkdir(parents=True)
+    (tmp_path / "etc" / "s6tls" / "t.conf").write_text(f"{conf}S6TLS_WORKERS={workers}\n")
+    argv, env = units.service_command(EXAMPLES / "run-systemd" / "s6tls@.service", "t", tmp_path)
+    argv[argv.index("/usr/bin/s6-tlsserver")] = S6_TLSSERVER  # this checkout's
     port = free_port()
-    env = {"PATH": "/usr/bin:/bin", "S6TLS_WORKERS": workers, **pki.env()}
     log = (tmp_path / "log").open("wb")
     procs(
         [
@@ -169,12 +164,14 @@ def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
         stdout=subprocess.DEVNULL,
         env=env,
     )
-    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
+    assert wait_for(lambda: listening(port))
     for _ in range(3):
         with client.connect(port) as s:
             got = client.env_of(client.read_all(s)[0])
         assert got["TCPLOCALPORT"] == str(port)
     assert "LISTEN_FDS" not in got and "LISTEN_PID" not in got
+    # env -u: the command line's settings stay out of prog's environment
+    assert not {"ADDRESS", "PORT", "OPTIONS", "PROG", "KEYFILE", "TLS_UID"} & set(got)
 
 
 def example_script(name: str, tmp_path: Path, pki, port: int) -> Path:
@@ -184,6 +181,7 @@ def example_script(name: str, tmp_path: Path, pki, port: int) -> Path:
     text = text.replace("/etc/ssl/certs/server.pem", str(pki.ec.cert))
     text = text.replace("0.0.0.0 443", f"127.0.0.1 {port}")
     text = text.replace("/usr/local/bin/myprog", "/usr/bin/env")
+    text = text.replace("/usr/bin/s6-tlsserver", S6_TLSSERVER)  # this checkout's
     service = tmp_path / name
     service.mkdir()
     for extra in (EXAMPLES / name).iterdir():
@@ -211,7 +209,7 @@ def test_s6_run_script_with_readiness(pki, procs, tmp_path):
     with client.connect(port) as s:
         assert client.env_of(client.read_all(s)[0])["TCPLOCALPORT"] == str(port)
     subprocess.run(["s6-svc", "-wD", "-T", "10000", "-d", str(service)], timeout=15, check=True)
-    assert socket.socket().connect_ex(("127.0.0.1", port)) != 0
+    assert not listening(port)
     subprocess.run(["s6-svc", "-x", str(service)], timeout=5)
 
 
@@ -224,6 +222,6 @@ def test_runit_run_script(pki, procs, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    assert wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) == 0)
+    assert wait_for(lambda: listening(port))
     with client.connect(port) as s:
         assert client.env_of(client.read_all(s)[0])["TCPLOCALPORT"] == str(port)
