@@ -26,8 +26,18 @@ good, and every worker it forks inherits it:
 A kernel without Landlock, or a system without libseccomp, does not stop
 the server: what could not be applied is named in one start-up warning.
 Without privilege separation the server starts prog itself, and prog would
-inherit all this; so only what prog never sees is applied there: the server
-is not dumpable (a flag that every exec resets).
+inherit all this (under no_new_privs, no setuid program such as qmail-queue
+works), so nothing is applied there.
+
+How: Landlock through three syscalls called with ctypes here (their numbers
+are the same on every architecture; a binding would be one more dependency,
+and those on PyPI are young); seccomp through libseccomp, also with ctypes,
+rather than a filter of our own: the syscall numbers of each architecture
+and the compat ABIs (i386's int 0x80 and x32 on x86-64, which a deny-list
+must refuse) are what it gets right. Of the resource limits only the core
+size is set: RLIMIT_NPROC counts every process of TLS_UID on the machine,
+a memory limit would turn a busy moment into a crash, and the engine writes
+no file.
 """
 
 from __future__ import annotations
