@@ -11,6 +11,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gevent import socket as gsocket
 
@@ -26,6 +27,9 @@ from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
 from s6tls.shell.tls import ContextCache
 from s6tls.shell.workers import MAX_WORKERS, Policy, Pool
+
+if TYPE_CHECKING:
+    from s6tls.shell.privsep import HelperClient  # imported only with TLS_UID
 from s6tls.tlsconfig import settings_from
 
 # systemd socket activation: the first passed socket is fd 3.
@@ -181,6 +185,32 @@ def confinement(env: dict[str, str]) -> bool:
     return text == "1"
 
 
+def separate(
+    service: Service, uid: int, gid: int, confined: bool, not_for_helper: list[int]
+) -> HelperClient:
+    """Privilege separation (s6tls.shell.privsep): fork the root helper, drop
+    this process to uid:gid for good, and confine it (s6tls.shell.confine)."""
+    # Only with TLS_UID: the helper's code, and the confinement's.
+    from s6tls.shell import privsep
+
+    confine = None
+    if confined:
+        from s6tls.shell.confine import prepare
+
+        # As root, while files can be read; and before the fork, so that the
+        # memory it takes is shared with the helper (importing after the fork
+        # would unshare many more pages).
+        confine = prepare(service.options)
+    helper = privsep.start_helper(service, not_for_helper)
+    privsep.drop_privileges(uid, gid)
+    privsep.serve_through(service, helper)
+    if confine is None:
+        service.log.warning("S6TLS_CONFINE=0: the TLS engine is not confined")
+    elif missing := confine():
+        service.log.warning(f"the TLS engine is confined without {'; '.join(missing)}")
+    return helper
+
+
 def start(
     service: Service,
     listener: socket.socket,
@@ -198,20 +228,7 @@ def start(
     server = Server(service, listener, limits)
     helper = None
     if ids:
-        from s6tls.shell.privsep import use_helper  # the helper's code, only with TLS_UID
-
-        confine = None
-        if confined:
-            from s6tls.shell.confine import prepare  # ctypes and libseccomp, likewise
-
-            confine = prepare(service.options)  # while files can still be read
-        helper = use_helper(service, *ids, not_for_helper=[listener.fileno(), *limits.fds()])
-        if confine:
-            missing = confine()
-            if missing:
-                service.log.warning(f"the TLS engine is confined without {'; '.join(missing)}")
-        else:
-            service.log.warning("S6TLS_CONFINE=0: the TLS engine is not confined")
+        helper = separate(service, *ids, confined, [listener.fileno(), *limits.fds()])
     if policy.most > 1:
         server.workers = pool = Pool(server, policy, helper)
         pool.start()

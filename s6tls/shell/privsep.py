@@ -504,8 +504,8 @@ class HelperClient:
             raise RulesError(str(e)) from None
 
 
-def split(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -> HelperClient:
-    """Fork the root helper, then drop this process to uid:gid for good.
+def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClient:
+    """Fork the root helper; this process's side of its channel.
 
     The helper closes ``not_for_helper`` (the listening socket) at once.
     """
@@ -524,7 +524,6 @@ def split(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -
             sys.stderr.flush()
             os._exit(111)
     theirs.close()
-    drop_privileges(uid, gid)
     return HelperClient(ours)
 
 
@@ -533,13 +532,6 @@ def drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-
-
-def use_helper(service: Service, uid: int, gid: int, not_for_helper: Iterable[int]) -> HelperClient:
-    """Split this process: root stays in a helper, the service uses it from uid:gid."""
-    helper = split(service, uid, gid, not_for_helper)
-    serve_through(service, helper)
-    return helper
 
 
 def serve_through(service: Service, helper: HelperClient) -> None:
