@@ -17,8 +17,12 @@ SESSIONS = 5_000
 pytestmark = pytest.mark.timeout(600)
 
 
-def test_soak(server, capsys):
-    srv = server(*SERVER_ARGS)
+def test_soak(server, pki, capsys):
+    # One process: what accumulates per session is what the RSS check measures.
+    # With workers coming and going under this load, the share of the sessions
+    # the measured process serves moves between the warm-up and the end (a
+    # full-suite run saw 29.3 MiB warm, 33.7 MiB at the end).
+    srv = server(*SERVER_ARGS, env={**pki.env(), "S6TLS_WORKERS": "1"})
     result = soak(srv, SESSIONS, seed=1)
     with capsys.disabled():
         print(f"\n{result.summary()}")
