@@ -301,19 +301,15 @@ def prepare(opts: Options) -> Callable[[], list[str]]:
     for name in preload:
         importlib.import_module(name)
     missing: list[str] = []
-    filters: list[Filter] = []
 
     def apply(layer: Callable[[], object]) -> None:
-        """Apply one layer; note what it could not do (landlock returns a list)."""
         try:
-            result = layer()
+            layer()
         except Unavailable as e:
             missing.append(str(e))
-        else:
-            if isinstance(result, list):
-                missing.extend(result)
 
-    apply(lambda: filters.append(engine_filter(families)))
+    seccomp: list[Filter] = []  # made now: libseccomp cannot be loaded under Landlock
+    apply(lambda: seccomp.append(engine_filter(families)))
 
     def confine() -> list[str]:
         threads = len(os.listdir("/proc/self/task"))
@@ -322,8 +318,8 @@ def prepare(opts: Options) -> Callable[[], list[str]]:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         apply(partial(_call, "no_new_privs", _libc.prctl, _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
         apply(partial(_call, "no dumping", _libc.prctl, _PR_SET_DUMPABLE, 0, 0, 0, 0))
-        apply(partial(landlock, net))
-        for f in filters:
+        apply(lambda: missing.extend(landlock(net)))
+        for f in seccomp:
             apply(f.load)
         return missing
 

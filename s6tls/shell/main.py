@@ -27,10 +27,10 @@ from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
 from s6tls.shell.tls import ContextCache
 from s6tls.shell.workers import MAX_WORKERS, Policy, Pool
+from s6tls.tlsconfig import settings_from
 
 if TYPE_CHECKING:
     from s6tls.shell.privsep import HelperClient  # imported only with TLS_UID
-from s6tls.tlsconfig import settings_from
 
 # systemd socket activation: the first passed socket is fd 3.
 SD_LISTEN_FDS_START = 3

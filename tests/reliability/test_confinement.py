@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import probes
 from tests.support.client import connect, echo, read_all
 from tests.support.inside import run_inside
 from tests.support.server import have, start, wait_for
@@ -33,9 +34,8 @@ UNCONFINED = {**CONFINED, "S6TLS_CONFINE": "0"}
 
 
 def status(pid: int) -> dict[str, str]:
-    """The NoNewPrivs and Seccomp lines of /proc/PID/status."""
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    fields = dict(line.split(":\t", 1) for line in lines)
+    """The NoNewPrivs and Seccomp fields of /proc/PID/status."""
+    fields = probes.status(pid)
     return {name: fields[name] for name in ("NoNewPrivs", "Seccomp")}
 
 
@@ -129,7 +129,7 @@ def test_a_taken_over_engine_can_do_nothing(neighbour, listener, server, pki, tm
         "-H", "--", "127.0.0.1", "0", "cat", env={**pki.env(), **CONFINED, "S6TLS_WORKERS": "2"}
     )
     assert wait_for(lambda: len(confined.forks()) == 2)  # the helper and a worker
-    (worker,) = [p for p in confined.forks() if status(p)["Seccomp"] == "2"]
+    (worker,) = confined.workers()
     try:
         got_free = run_inside(free.pid, statements)
         got_confined = run_inside(confined.pid, statements)
@@ -151,19 +151,15 @@ def test_a_taken_over_engine_can_do_nothing(neighbour, listener, server, pki, tm
 def test_every_serving_process_is_confined_and_prog_is_not(server, pki):
     prog = ["grep", "-E", "^(NoNewPrivs|Seccomp):", "/proc/self/status"]
     srv = server("-H", "--", "127.0.0.1", "0", *prog, env={**pki.env(), **CONFINED})
-    helper = srv.forks()
     srv_workers = server(
         "-H", "--", "127.0.0.1", "0", "cat", env={**pki.env(), **CONFINED, "S6TLS_WORKERS": "3"}
     )
-    assert wait_for(lambda: len(srv_workers.forks()) == 3)
-    for pid in [srv.pid, srv_workers.pid]:
+    assert wait_for(lambda: len(srv_workers.workers()) == 2)
+    for pid in [srv.pid, srv_workers.pid, *srv_workers.workers()]:
         assert status(pid) == {"NoNewPrivs": "1", "Seccomp": "2"}
-    serving = [p for p in srv_workers.forks() if status(p) != {"NoNewPrivs": "0", "Seccomp": "0"}]
-    assert len(serving) == 2  # the workers; the third is the root helper
-    for pid in serving:
-        assert status(pid) == {"NoNewPrivs": "1", "Seccomp": "2"}
-    for pid in helper:
-        assert status(pid) == {"NoNewPrivs": "0", "Seccomp": "0"}  # it must exec progs
+    for helper in [srv.helper(), srv_workers.helper()]:
+        assert helper is not None
+        assert status(helper) == {"NoNewPrivs": "0", "Seccomp": "0"}  # it must exec progs
     # prog, started by the root helper, inherits none of it.
     with connect(srv.port) as s:
         assert read_all(s)[0] == b"NoNewPrivs:\t0\nSeccomp:\t0\n"

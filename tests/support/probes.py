@@ -130,11 +130,21 @@ def session_members(sid: int) -> list[int]:
     return found
 
 
+def status_fields(text: str) -> dict[str, str]:
+    """The fields of a /proc/PID/status text, each as its first word."""
+    fields = (line.partition(":") for line in text.splitlines())
+    return {name: value.split()[0] for name, _, value in fields if value.split()}
+
+
+def status(pid: int) -> dict[str, str]:
+    """/proc/PID/status, each field as its first word (Uid: the real uid)."""
+    return status_fields(Path(f"/proc/{pid}/status").read_text())
+
+
 def uid(pid: int) -> str | None:
     """The real uid of pid, None if it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(line.split()[1] for line in f if line.startswith("Uid:"))
+        return status(pid)["Uid"]
     except OSError:
         return None
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.support import client, units
+from tests.support import client, probes, units
 from tests.support.nspawn import BootFailed, Machine
 from tests.support.server import free_port, listening, wait_for
 
@@ -328,12 +328,6 @@ def assert_served_as_configured(port: int) -> None:
     assert not {"ADDRESS", "PORT", "OPTIONS", "PROG", "KEYFILE", "TLS_UID"} & set(env)
 
 
-def status_of(text: str) -> dict[str, str]:
-    """/proc/PID/status: each field's first word."""
-    fields = (line.partition(":") for line in text.splitlines())
-    return {name: value.split()[0] for name, _, value in fields if value.split()}
-
-
 def test_unit_command_line_serves(installed: Installed, pki: PKI, tmp_path: Path) -> None:
     """The installed unit's ExecStart, with its environment file, on a socket handed in."""
     instance(Path("/"), "pkgtest", pki, SHOW_ID, 443)
@@ -352,7 +346,7 @@ def test_unit_command_line_serves(installed: Installed, pki: PKI, tmp_path: Path
         assert_served_as_configured(port)
         # the TLS engine: Debian's python3, as TLS_UID
         assert os.path.realpath(f"/proc/{proc.pid}/exe") == f"/usr/bin/{debian_python()}"
-        assert status_of(Path(f"/proc/{proc.pid}/status").read_text())["Uid"] == "65534"
+        assert probes.uid(proc.pid) == "65534"
     finally:
         os.killpg(proc.pid, 9)
         proc.wait(timeout=10)
@@ -423,7 +417,7 @@ def test_service_under_systemd(lab: Lab, pki: PKI) -> None:
         assert wait_for(lambda: listening(port), timeout=10)
         assert_served_as_configured(port)
         engine = main_pid(machine, "s6tls@pkgtest-sd.service")
-        status = status_of(machine.run("cat", f"/proc/{engine}/status").stdout)
+        status = probes.status_fields(machine.run("cat", f"/proc/{engine}/status").stdout)
         assert (status["Uid"], status["NoNewPrivs"], status["Seccomp"]) == ("65534", "1", "2")
         # CAP_KILL, CAP_SETGID, CAP_SETUID, CAP_NET_BIND_SERVICE, no more
         assert int(status["CapBnd"], 16) == (1 << 5) | (1 << 6) | (1 << 7) | (1 << 10)
