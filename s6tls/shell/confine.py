@@ -34,7 +34,10 @@ are the same on every architecture; a binding would be one more dependency,
 and those on PyPI are young); seccomp through libseccomp, also with ctypes,
 rather than a filter of our own: the syscall numbers of each architecture
 and the compat ABIs (i386's int 0x80 and x32 on x86-64, which a deny-list
-must refuse) are what it gets right. Of the resource limits only the core
+must refuse) are what it gets right. libseccomp compiles the filter in a
+short-lived child at start-up, and the TLS engine only loads the program
+(prctl): it never maps libseccomp, and neither it nor the root helper keeps
+the memory the compiler took. Of the resource limits only the core
 size is set: RLIMIT_NPROC counts every process of TLS_UID on the machine,
 a memory limit would turn a busy moment into a crash, and the engine writes
 no file.
@@ -57,6 +60,7 @@ from s6tls.options import ClientCert, Options
 from s6tls.resolvconf import DNS_PORT
 
 _PR_SET_DUMPABLE = 4
+_PR_SET_SECCOMP = 22
 _PR_SET_NO_NEW_PRIVS = 38
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -193,7 +197,7 @@ class Filter:
             ctypes.c_uint,
             ctypes.POINTER(_ArgCmp),
         ]
-        self._lib.seccomp_load.argtypes = [ctypes.c_void_p]
+        self._lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
         self._lib.seccomp_release.argtypes = [ctypes.c_void_p]
         self._ctx = self._lib.seccomp_init(_SCMP_ACT_ALLOW)
         if not self._ctx:
@@ -214,13 +218,58 @@ class Filter:
         if result < 0:
             raise Unavailable(f"seccomp ({name}: {os.strerror(-result)})")
 
-    def load(self) -> None:
+    def export(self, fd: int) -> None:
+        """Write the filter's BPF program to fd, in the kernel's format (and release it)."""
         try:
-            result = self._lib.seccomp_load(self._ctx)
+            result = self._lib.seccomp_export_bpf(self._ctx, fd)
             if result < 0:
                 raise Unavailable(f"seccomp ({os.strerror(-result)})")
         finally:
             self._lib.seccomp_release(self._ctx)
+
+
+def compiled(make: Callable[[], Filter]) -> bytes:
+    """The program of the filter make() builds, compiled in a child process:
+    this process neither maps libseccomp nor keeps what it allocates (the
+    root helper, forked later, would keep a copy of that too)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            make().export(w)
+            code = 0
+        except Unavailable as e:
+            os.write(w, str(e).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with open(r, "rb") as f:
+        output = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise Unavailable(output.decode(errors="replace") or "seccomp (its compiler failed)")
+    return output
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_SECCOMP_MODE_FILTER = 2
+_BPF_INSTRUCTION = 8  # bytes: struct sock_filter
+
+
+def no_new_privs() -> None:
+    """No exec may give this process privileges (seccomp asks for it)."""
+    _call("no_new_privs", _libc.prctl, _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+
+
+def load(program: bytes) -> None:
+    """Apply a seccomp filter's program to this process (after no_new_privs)."""
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // _BPF_INSTRUCTION, ctypes.addressof(code))
+    _call("seccomp", _libc.prctl, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0)
 
 
 # Calls a confined TLS engine never makes, and an attacker would.
@@ -308,19 +357,19 @@ def prepare(opts: Options) -> Callable[[], list[str]]:
         except Unavailable as e:
             missing.append(str(e))
 
-    seccomp: list[Filter] = []  # made now: libseccomp cannot be loaded under Landlock
-    apply(lambda: seccomp.append(engine_filter(families)))
+    seccomp: list[bytes] = []  # compiled now, while libseccomp can be loaded
+    apply(lambda: seccomp.append(compiled(partial(engine_filter, families))))
 
     def confine() -> list[str]:
         threads = len(os.listdir("/proc/self/task"))
         if threads != 1:  # Landlock and seccomp confine the calling thread only
             return [f"any confinement ({threads} threads)"]
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        apply(partial(_call, "no_new_privs", _libc.prctl, _PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+        apply(no_new_privs)
         apply(partial(_call, "no dumping", _libc.prctl, _PR_SET_DUMPABLE, 0, 0, 0, 0))
         apply(lambda: missing.extend(landlock(net)))
-        for f in seccomp:
-            apply(f.load)
+        for program in seccomp:
+            apply(partial(load, program))
         return missing
 
     return confine

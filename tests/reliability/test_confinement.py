@@ -201,10 +201,13 @@ NO_LANDLOCK = [
     sys.executable,
     "-c",
     "import errno, os, sys\n"
-    "from s6tls.shell.confine import Filter\n"
-    "f = Filter()\n"
-    "f.refuse('landlock_create_ruleset', errno.ENOSYS)\n"
-    "f.load()\n"
+    "from s6tls.shell.confine import Filter, compiled, load, no_new_privs\n"
+    "def without_landlock():\n"
+    "    f = Filter()\n"
+    "    f.refuse('landlock_create_ruleset', errno.ENOSYS)\n"
+    "    return f\n"
+    "no_new_privs()\n"
+    "load(compiled(without_landlock))\n"
     "os.execv(sys.argv[1], sys.argv[1:])",
 ]
 
