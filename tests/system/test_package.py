@@ -18,6 +18,7 @@ import subprocess
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,8 +119,18 @@ def newer(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Built:
     return build(tmp_path_factory.mktemp("deb-newer"), f"{built.field('Version')}+upgrade1")
 
 
-def test_fields(built: Built) -> None:
+def checkout_version() -> str:
+    """debian/changelog's version, and in a git checkout, +git and the commit's time (UTC)."""
     version = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["project"]["version"]
+    git = ["git", "-C", str(CHECKOUT)]
+    if subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        return version
+    when = datetime.fromtimestamp(int(checked(*git, "log", "-1", "--format=%ct")), UTC)
+    return f"{version}+git{when:%Y%m%d.%H%M%S}"
+
+
+def test_fields(built: Built) -> None:
+    version = checkout_version()
     arch = checked("dpkg", "--print-architecture").strip()
     assert built.deb.name == f"s6tls_{version}_{arch}.deb"
     assert (built.field("Package"), built.field("Version")) == ("s6tls", version)
