@@ -48,6 +48,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import errno
+import gc
 import json
 import os
 import selectors
@@ -510,6 +511,11 @@ def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClien
     The helper closes ``not_for_helper`` (the listening socket) at once.
     """
     ours, theirs = _channel()
+    # What both processes hold from now on stays shared: no collection in
+    # either walks these objects, and so copies their pages (gc.freeze's
+    # own advice, without a collection first, which would leave holes that
+    # new objects then fill).
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         ours.close()
