@@ -399,6 +399,7 @@ class HelperClient:
         self._next = 0
         self._pending: dict[int, AsyncResult] = {}
         self._exits: dict[int, AsyncResult] = {}
+        self._gone = False  # the helper closed its side: nothing more will come
         self._reader = gevent.spawn(self._read_replies)
 
     def _read_replies(self) -> None:
@@ -415,22 +416,34 @@ class HelperClient:
                 continue
             for fd in fds:
                 os.close(fd)
+        self._gone = True
         for waiter in [*self._pending.values(), *self._exits.values()]:
-            waiter.set(None)  # the helper is gone
+            waiter.set(None)
 
     def exit_of(self, pid: int) -> AsyncResult:
-        return self._exits.setdefault(pid, AsyncResult())
+        """prog pid's wait status, once the helper reports it (None: the helper is gone)."""
+        if pid not in self._exits:
+            self._exits[pid] = AsyncResult()
+            if self._gone:
+                self._exits[pid].set(None)
+        return self._exits[pid]
 
     def forget(self, pid: int) -> None:
         """prog pid was waited for: drop its record (pids are reused)."""
         self._exits.pop(pid, None)
 
     def call(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
+        if self._gone:
+            raise HelperError("the privileged helper is gone")
         self._next += 1
         request["id"] = self._next
         waiter = self._pending[self._next] = AsyncResult()
-        with self._sending:
-            socket.send_fds(self.sock, [_encode(request)], fds or [])
+        try:
+            with self._sending:
+                socket.send_fds(self.sock, [_encode(request)], fds or [])
+        except OSError:
+            self._pending.pop(request["id"], None)
+            raise HelperError("the privileged helper is gone") from None
         reply = waiter.get()
         if reply is None:
             raise HelperError("the privileged helper is gone")

@@ -74,6 +74,22 @@ def test_sigterm_stops_listening_and_exits_but_sessions_go_on(server):
     assert srv.lines()[-1] == f"{INFO}exiting"  # the drainer logs nothing
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_whole_process_group_ends_everything_cleanly(server, signum):
+    """Ctrl-C in a terminal, or ``timeout``, signals the server, its progs and
+    (with TLS_UID) its root helper at once: the progs die, so do their
+    sessions, and every process exits without a traceback."""
+    srv = server("-v", "-H", "127.0.0.1", "0", CAT)
+    sessions = open_sessions(srv)
+    os.killpg(srv.pid, signum)
+    assert exit_code(srv) == (0 if signum == signal.SIGTERM else -signal.SIGINT)
+    for s in sessions:
+        assert client.read_all(s)[0] == b""  # cat is gone: nothing more comes
+        s.close()
+    assert wait_for(lambda: not probes.session_members(srv.pid))
+    assert not [line for line in srv.lines() if "Traceback" in line or "Error" in line]
+
+
 def test_sighup_terminates_progs_and_keeps_serving(server):
     srv = server("-v", "-H", "127.0.0.1", "0", CAT)
     sessions = open_sessions(srv)
