@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import gevent
 from gevent import socket as gsocket
 
 from s6tls.errors import S6tlsError, SystemFailure, UsageError
@@ -211,6 +212,13 @@ def separate(
     return helper
 
 
+def stop_without(helper: HelperClient, server: Server) -> None:
+    """Without the root helper no prog starts: stop (running sessions go on)
+    and exit 111, so that the supervisor starts the server again."""
+    helper.gone.wait()
+    server.fail("the privileged helper is gone")
+
+
 def start(
     service: Service,
     listener: socket.socket,
@@ -229,6 +237,7 @@ def start(
     helper = None
     if ids:
         helper = separate(service, *ids, confined, [listener.fileno(), *limits.fds()])
+        gevent.spawn(stop_without, helper, server)
     if policy.most > 1:
         server.workers = pool = Pool(server, policy, helper)
         pool.start()

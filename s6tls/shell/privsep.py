@@ -60,7 +60,7 @@ from typing import Any, NoReturn, cast
 
 import gevent
 from gevent import socket as gsocket
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
 
 from s6tls.environ import Connection, is_tls_variable, tcp_environ
@@ -399,7 +399,7 @@ class HelperClient:
         self._next = 0
         self._pending: dict[int, AsyncResult] = {}
         self._exits: dict[int, AsyncResult] = {}
-        self._gone = False  # the helper closed its side: nothing more will come
+        self.gone = Event()  # the helper closed its side: nothing more will come
         self._reader = gevent.spawn(self._read_replies)
 
     def _read_replies(self) -> None:
@@ -416,7 +416,7 @@ class HelperClient:
                 continue
             for fd in fds:
                 os.close(fd)
-        self._gone = True
+        self.gone.set()
         for waiter in [*self._pending.values(), *self._exits.values()]:
             waiter.set(None)
 
@@ -424,7 +424,7 @@ class HelperClient:
         """prog pid's wait status, once the helper reports it (None: the helper is gone)."""
         if pid not in self._exits:
             self._exits[pid] = AsyncResult()
-            if self._gone:
+            if self.gone.is_set():
                 self._exits[pid].set(None)
         return self._exits[pid]
 
@@ -433,7 +433,7 @@ class HelperClient:
         self._exits.pop(pid, None)
 
     def call(self, request: dict[str, Any], fds: list[int] | None = None) -> dict[str, Any]:
-        if self._gone:
+        if self.gone.is_set():
             raise HelperError("the privileged helper is gone")
         self._next += 1
         request["id"] = self._next

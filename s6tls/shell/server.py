@@ -152,6 +152,7 @@ class Server:
         self.sessions = Sessions(service)
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
+        self.exit_code = 0
         self.workers: Beside | None = None
         self.signal_handlers: list[Any] = []
 
@@ -224,6 +225,14 @@ class Server:
             self.quit_signal = signum
             self.quit.set()
 
+    def fail(self, why: str) -> None:
+        """Quit as on SIGTERM (running sessions go on), and exit 111: for
+        what leaves the server unable to serve, unless it is quitting already."""
+        if not self.quit.is_set():
+            self.service.log.fatal(why)
+            self.exit_code = 111
+            self.quit.set()
+
     # -- running
 
     def serve(self) -> int:
@@ -246,4 +255,4 @@ class Server:
         if self.quit_signal == signal.SIGINT:
             die_of_sigint()
         self.service.log.info("exiting")
-        return 0
+        return self.exit_code

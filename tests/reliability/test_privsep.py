@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 
 import pytest
 
 from tests.reliability import observe
 from tests.reliability.soak import SERVER_ARGS
-from tests.support import probes
+from tests.support import client, probes
+from tests.support.server import wait_for
 from tests.support.traffic import KIB, run_sessions
 
 pytestmark = [
@@ -24,6 +26,7 @@ pytestmark = [
 ]
 
 NOBODY = "65534"
+SEPARATED = {"TLS_UID": NOBODY, "TLS_GID": NOBODY}
 
 
 def small(rng: random.Random) -> int:
@@ -59,3 +62,21 @@ def test_memory_does_not_grow_with_sessions(server, pki):
     assert observe.settle(helper, helper_idle).fds == helper_idle.fds
     growth = end.rss_kib - warm.rss_kib
     assert growth < GROWTH_BOUND_KIB, f"RSS grew {growth} KiB over {MEASURED} sessions"
+
+
+def test_a_dead_helper_stops_the_server_and_its_sessions_go_on(server, pki):
+    """Without its root helper the server can start no prog: it says so, stops
+    (exit 111, for the supervisor to start it again), and lets the running
+    sessions finish."""
+    srv = server("-v", "-H", "127.0.0.1", "0", "/bin/cat", env={**pki.env(), **SEPARATED})
+    with client.connect(srv.port) as s:
+        assert client.echo(s) == b"ping\n"
+        helper = srv.helper()
+        assert helper is not None
+        os.kill(helper, signal.SIGKILL)
+        assert srv.proc.wait(timeout=5) == 111
+        assert "s6-tlsserver: fatal: the privileged helper is gone" in srv.lines()
+        assert probes.refuses(srv.port)
+        assert client.echo(s, b"still there?\n") == b"still there?\n"
+    assert wait_for(lambda: not probes.session_members(srv.pid))
+    assert "Traceback" not in srv.log()
