@@ -52,6 +52,7 @@ import gc
 import json
 import os
 import selectors
+import signal
 import socket
 import stat
 import sys
@@ -518,6 +519,10 @@ class HelperClient:
             raise RulesError(str(e)) from None
 
 
+def _unmoved(_signum: int, _frame: object) -> None:
+    pass
+
+
 def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClient:
     """Fork the root helper; this process's side of its channel.
 
@@ -536,6 +541,11 @@ def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClien
             os.close(fd)
         # The helper must not hold stdout open: -1's reader waits for its EOF.
         to_null(0, 1)
+        # It ends when the last process it serves is gone, not on a signal
+        # sent to the whole process group (Ctrl-C, timeout): handled, not
+        # ignored, so that the progs it starts get them as they should.
+        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+            signal.signal(signum, _unmoved)
         try:
             paths = service.resolver.paths() if service.resolver else ()
             Helper(theirs, service.options, service.base_env, service.rules, paths).serve()
