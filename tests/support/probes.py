@@ -67,13 +67,19 @@ def is_open(sock: socket.socket) -> bool:
         return False
 
 
-def refuses(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a TCP connect to port is refused (nothing listens there)."""
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on host:port (a refused
+    connect: no; any other failure is an error)."""
     try:
         socket.create_connection((host, port), timeout=5).close()
     except ConnectionRefusedError:
-        return True
-    return False
+        return False
+    return True
+
+
+def refuses(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a TCP connect to port is refused (nothing listens there)."""
+    return not listening(port, host)
 
 
 def fd_kinds(pid: int) -> Counter[str]:

@@ -27,12 +27,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def listening(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether something accepts connections on host:port."""
-    with socket.socket() as s:
-        return s.connect_ex((host, port)) == 0
-
-
 def wait_for(predicate: object, timeout: float = 5.0, interval: float = 0.02) -> bool:
     """Poll predicate() until it is true or timeout seconds pass."""
     deadline = time.monotonic() + timeout

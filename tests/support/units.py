@@ -14,6 +14,11 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+# Settings of s6tls@.service's environment file that prog must not see: the
+# command line's four (the unit's ExecStart takes them out with env -u) and
+# the server's own.
+NOT_FOR_PROG = frozenset({"ADDRESS", "PORT", "OPTIONS", "PROG", "KEYFILE", "TLS_UID"})
+
 # What systemd gives a system service when the unit sets no PATH.
 SERVICE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

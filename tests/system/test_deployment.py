@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import client, units
-from tests.support.server import BIN, S6_TLSSERVER, free_port, listening, wait_for
+from tests.support.probes import listening
+from tests.support.server import BIN, S6_TLSSERVER, free_port, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "rules-examples"
 ENV_PROG = ("/usr/bin/env",)
@@ -171,7 +172,7 @@ def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
         assert got["TCPLOCALPORT"] == str(port)
     assert "LISTEN_FDS" not in got and "LISTEN_PID" not in got
     # env -u: the command line's settings stay out of prog's environment
-    assert not {"ADDRESS", "PORT", "OPTIONS", "PROG", "KEYFILE", "TLS_UID"} & set(got)
+    assert not units.NOT_FOR_PROG & set(got)
 
 
 def example_script(name: str, tmp_path: Path, pki, port: int) -> Path:

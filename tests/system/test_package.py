@@ -26,7 +26,8 @@ import pytest
 
 from tests.support import client, probes, units
 from tests.support.nspawn import BootFailed, Machine
-from tests.support.server import free_port, listening, wait_for
+from tests.support.probes import listening
+from tests.support.server import free_port, wait_for
 
 if TYPE_CHECKING:
     from tests.conftest import PKI
@@ -47,10 +48,6 @@ MAX_EXPOSURE = 2.5
 NONINTERACTIVE = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
 # prog in the served tests: who it runs as, then its environment
 SHOW_ID = "/bin/sh -c id;env"
-
-# Lintian tags the package may show, each with its reason. Overridden tags
-# are justified in debian/s6tls.lintian-overrides, and lintian shows none.
-ALLOWED_TAGS: dict[str, str] = {}
 
 
 def _cannot_run() -> str | None:
@@ -181,7 +178,8 @@ def test_lintian(built: Built) -> None:
         m = re.match(r"([EWIPXO]): s6tls(?: \w+)?: (\S+)", line)
         assert m, f"unexpected lintian output: {line}"
         tags.append((m.group(1), m.group(2)))
-    assert [t for t in tags if t[0] == "E" or t[1] not in ALLOWED_TAGS] == []
+    # none: overridden tags are justified in debian/s6tls.lintian-overrides
+    assert tags == []
     # each override follows the comment that says why (a blank line ends one)
     reason = False
     for line in (CHECKOUT / "debian" / "s6tls.lintian-overrides").read_text().splitlines():
@@ -336,7 +334,7 @@ def assert_served_as_configured(port: int) -> None:
     assert who.startswith("uid=1(") and " gid=1(" in who, who
     assert (env["ROLE"], env["TCPLOCALPORT"]) == ("admin", str(port))
     assert served(port, "127.0.0.3")[1]["ROLE"] == "local"
-    assert not {"ADDRESS", "PORT", "OPTIONS", "PROG", "KEYFILE", "TLS_UID"} & set(env)
+    assert not units.NOT_FOR_PROG & set(env)
 
 
 def test_unit_command_line_serves(installed: Installed, pki: PKI, tmp_path: Path) -> None:
