@@ -90,6 +90,28 @@ def test_a_signal_to_the_whole_process_group_ends_everything_cleanly(server, sig
     assert not [line for line in srv.lines() if "Traceback" in line or "Error" in line]
 
 
+@pytest.mark.open_engine_only  # it sets TLS_UID itself
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root helper comes with TLS_UID, as root")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_root_helper_outlives_a_signal_to_the_process_group(server, pki, signum):
+    """With TLS_UID the root helper does nothing on the group's signal: a prog
+    that outlives it keeps its session, and the helper ends after it."""
+    proof = ("/bin/sh", "-c", "trap '' TERM INT; exec cat")  # it outlives either signal
+    env = {**pki.env(), "TLS_UID": "65534", "TLS_GID": "65534"}
+    srv = server("-v", "-H", "127.0.0.1", "0", *proof, env=env)
+    (s,) = open_sessions(srv, 1)
+    helper = srv.helper()
+    assert helper is not None
+    os.killpg(srv.pid, signum)
+    assert exit_code(srv) == (0 if signum == signal.SIGTERM else -signal.SIGINT)
+    assert client.echo(s, b"still there?\n") == b"still there?\n"
+    assert probes.alive(helper)
+    client.half_close(s)
+    assert client.read_all(s) == (b"", "eof")
+    s.close()
+    assert wait_for(lambda: not probes.session_members(srv.pid))
+
+
 def test_sighup_terminates_progs_and_keeps_serving(server):
     srv = server("-v", "-H", "127.0.0.1", "0", CAT)
     sessions = open_sessions(srv)
