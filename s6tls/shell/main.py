@@ -20,18 +20,18 @@ from s6tls.errors import S6tlsError, SystemFailure, UsageError
 from s6tls.logline import PROG, Log
 from s6tls.options import SHORT_USAGE, Options, parse, unsigned
 from s6tls.rules import DirRules
+from s6tls.shell.contexts import ContextCache
 from s6tls.shell.descriptors import raise_for
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
-from s6tls.shell.tls import ContextCache
 from s6tls.shell.workers import MAX_WORKERS, Policy, Pool
 from s6tls.tlsconfig import settings_from
 
 if TYPE_CHECKING:
-    from s6tls.shell.privsep import HelperClient  # imported only with TLS_UID
+    from s6tls.shell.privsep.client import HelperClient  # imported only with TLS_UID
 
 # systemd socket activation: the first passed socket is fd 3.
 SD_LISTEN_FDS_START = 3
@@ -192,7 +192,7 @@ def separate(
     """Privilege separation (s6tls.shell.privsep): fork the root helper, drop
     this process to uid:gid for good, and confine it (s6tls.shell.confine)."""
     # Only with TLS_UID: the helper's code, and the confinement's.
-    from s6tls.shell import privsep
+    from s6tls.shell.privsep import startup
 
     confine = None
     if confined:
@@ -202,9 +202,9 @@ def separate(
         # memory it takes is shared with the helper (importing after the fork
         # would unshare many more pages).
         confine = prepare(service.options)
-    helper = privsep.start_helper(service, not_for_helper)
-    privsep.drop_privileges(uid, gid)
-    privsep.serve_through(service, helper)
+    helper = startup.start_helper(service, not_for_helper)
+    startup.drop_privileges(uid, gid)
+    startup.serve_through(service, helper)
     if confine is None:
         service.log.warning("S6TLS_CONFINE=0: the TLS engine is not confined")
     elif missing := confine():

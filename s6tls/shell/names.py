@@ -51,7 +51,7 @@ from s6tls.resolvconf import (
     parse_resolv_conf,
     parse_server_list,
 )
-from s6tls.shell.tls import FileIdentity, Files, LocalFiles
+from s6tls.shell.files import FileIdentity, Files, LocalFiles
 
 RESOLV_CONF = "/etc/resolv.conf"
 HOSTS_FILE = "/etc/hosts"

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 from s6tls.logline import Log
 from s6tls.options import Options
 from s6tls.rules import RuleSource
+from s6tls.shell.contexts import ContextCache
 from s6tls.shell.spawn import Launcher
-from s6tls.shell.tls import ContextCache
 from s6tls.tlsconfig import TlsSettings, settings_from
 
 if TYPE_CHECKING:

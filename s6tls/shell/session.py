@@ -19,11 +19,12 @@ from s6tls import logline
 from s6tls.environ import Connection, tcp_environ
 from s6tls.identity import IdentityError
 from s6tls.shell.access import Denied, check_access
+from s6tls.shell.contexts import TlsConfigError
 from s6tls.shell.proxyread import ProxyFailed, read_proxy_header
 from s6tls.shell.relay import relay
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import Child, SpawnFailed
-from s6tls.shell.tls import HandshakeFailed, TlsConfigError, TlsStream
+from s6tls.shell.tls import HandshakeFailed, TlsStream
 from s6tls.tlsconfig import TlsSettingsError
 
 

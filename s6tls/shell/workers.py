@@ -46,6 +46,7 @@ from gevent.socket import wait_read
 from s6tls import logline
 from s6tls.shell.descriptors import close_all_but, reserved
 from s6tls.shell.fdio import to_null
+from s6tls.shell.load import busy_ns
 from s6tls.shell.server import Server
 from s6tls.shell.spawn import reap
 
@@ -228,36 +229,6 @@ class Pool:
                     self._retire(pid)
 
 
-def busy_ns(pids: list[int]) -> dict[int, int]:
-    """For each process, how long it ran or waited to run, in ns (since it started).
-
-    Read in /proc, which a confined server cannot open: the root helper then
-    reads it (s6tls.shell.privsep).
-    """
-    busy = {}
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/schedstat", "rb") as f:
-                running, waiting = f.read().split()[:2]
-            busy[pid] = int(running) + int(waiting)
-        except (OSError, ValueError):
-            busy[pid] = _cpu_ns(pid)
-    return busy
-
-
-_TICK_NS = 1e9 / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_ns(pid: int) -> int:
-    """CPU time of a process, in ns, where the kernel keeps no schedstat."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return int((int(fields[11]) + int(fields[12])) * _TICK_NS)
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
 def _wait_end(fd: int) -> None:
     """Wait cooperatively for the end-of-file of the pipe fd."""
     while True:
@@ -293,7 +264,8 @@ def _work(server: Server, channel: int | None, alive: int, accepting: int) -> No
         to_null(1)  # -1: only the server holds the stdout whose end is awaited
         service = server.service
         if channel is not None:
-            from s6tls.shell.privsep import HelperClient, serve_through  # with TLS_UID only
+            from s6tls.shell.privsep.client import HelperClient  # with TLS_UID only
+            from s6tls.shell.privsep.startup import serve_through
 
             serve_through(service, HelperClient(socket.socket(fileno=channel)))
         worker = Server(

@@ -149,7 +149,7 @@ def helper(pki, tmp_path):
     """A real root helper process, as the server forks it, talked to directly."""
     from s6tls.options import parse
     from s6tls.rules import DirRules
-    from s6tls.shell.privsep import Helper
+    from s6tls.shell.privsep.helper import Helper
 
     rules = tmp_path / "rules"
     (rules / "ip4" / "127.0.0.1_32").mkdir(parents=True)
@@ -199,7 +199,7 @@ def test_helper_opens_no_fifo_and_no_device(tmp_path):
     """A KEYFILE that names a FIFO or a device neither blocks the helper nor
     streams forever: only regular files are opened."""
     from s6tls.options import parse
-    from s6tls.shell.privsep import Helper
+    from s6tls.shell.privsep.helper import Helper
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

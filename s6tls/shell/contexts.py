@@ -1,0 +1,237 @@
+"""TLS contexts: built from the key, certificate and trust anchor files, chosen
+by SNI, and rebuilt when a file changes.
+
+Upstream reads its files for every connection (a process each), so a
+replaced certificate serves the next client; here one context serves many
+connections, and ``ContextCache`` keeps that promise for a stat per file.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import ssl
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from functools import partial
+
+from s6tls.errors import SystemFailure
+from s6tls.options import ClientCert
+from s6tls.shell.files import FileIdentity, Files, LocalFiles
+from s6tls.tlsconfig import TlsSettings, match_name
+
+# TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, in this order of
+# preference, as Mozilla's "intermediate" profile (less its DHE suites). A
+# client that offers only CBC suites gets a handshake_failure alert. TLS 1.3's
+# suites are all AEAD; this string does not touch them.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+_VERIFY = {
+    ClientCert.NONE: ssl.CERT_NONE,
+    ClientCert.OPTIONAL: ssl.CERT_OPTIONAL,
+    ClientCert.REQUIRED: ssl.CERT_REQUIRED,
+}
+
+
+class TlsConfigError(SystemFailure):
+    """A key, certificate or trust anchor file cannot be used.
+
+    ``transient`` is true when the system, not the file, was the problem (out
+    of descriptors or memory): the same file may load at the next try.
+    """
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR}
+
+
+class ServerSSLObject(ssl.SSLObject):
+    """An SSLObject that remembers the SNI name the client sent."""
+
+    servername: str | None = None
+
+
+def _choose_context(
+    named: Mapping[str, ssl.SSLContext],
+    required: bool,
+    obj: ssl.SSLObject,
+    servername: str | None,
+    _ctx: ssl.SSLContext,
+) -> int | None:
+    """SNI: remember the name, and switch to its pair if one is configured."""
+    if isinstance(obj, ServerSSLObject):
+        obj.servername = servername
+    chosen = match_name(named, servername) if servername else None
+    if chosen is not None:
+        obj.context = chosen
+    elif required:
+        return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
+    return None
+
+
+def _read(files: Files, path: str, what: str) -> bytes:
+    try:
+        return files.read(path)
+    except OSError as e:
+        message = f"unable to read {what} {path}: {e.strerror}"
+        raise TlsConfigError(message, transient=e.errno in _TRANSIENT) from None
+
+
+def _pem(der: bytes, label: str) -> bytes:
+    body = base64.encodebytes(der).decode("ascii")
+    return f"-----BEGIN {label}-----\n{body}-----END {label}-----\n".encode()
+
+
+def _is_pem(data: bytes) -> bool:
+    return b"-----BEGIN " in data
+
+
+def _cert_pem(data: bytes) -> bytes:
+    return data if _is_pem(data) else ssl.DER_cert_to_PEM_cert(data).encode("ascii")
+
+
+def _key_pems(data: bytes) -> list[bytes]:
+    """PEM forms to try for a key: a DER key may be PKCS#8, SEC1 or PKCS#1."""
+    if _is_pem(data):
+        return [data]
+    return [_pem(data, label) for label in ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")]
+
+
+@contextmanager
+def _memory_file(data: bytes) -> Iterator[str]:
+    """A path to data that never touches a disk (key material included)."""
+    fd = os.memfd_create("s6tls", os.MFD_CLOEXEC)
+    try:
+        os.write(fd, data)
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+# OpenSSL's names for a key that does not go with its certificate.
+_PAIR_REASONS = {
+    "KEY_VALUES_MISMATCH": "the key does not match the certificate",
+    "NO_CERTIFICATE_ASSIGNED": "the key does not match the certificate",
+}
+
+
+def _load_pair(ctx: ssl.SSLContext, files: Files, keyfile: str, certfile: str) -> None:
+    cert = _cert_pem(_read(files, certfile, "certificate"))
+    key = _read(files, keyfile, "key")
+    reason = "no usable key"
+    with _memory_file(cert) as cert_path:
+        for candidate in _key_pems(key):
+            with _memory_file(candidate) as key_path:
+                try:
+                    ctx.load_cert_chain(cert_path, key_path)
+                    return
+                except ssl.SSLError as e:
+                    reason = _PAIR_REASONS.get(e.reason or "", e.reason or "not a PEM or DER key")
+    raise TlsConfigError(f"unable to use key {keyfile} with certificate {certfile}: {reason}")
+
+
+def _load_trust(ctx: ssl.SSLContext, files: Files, cafile: str | None, cadir: str | None) -> None:
+    """Trust anchors from CADIR (any file names, PEM or DER) or else CAFILE (PEM)."""
+    if cadir:
+        try:
+            paths = files.listdir(cadir)
+        except OSError as e:
+            raise TlsConfigError(f"unable to read CADIR {cadir}: {e.strerror}") from None
+    else:
+        paths = [cafile] if cafile else []
+    for path in paths:
+        data = _read(files, path, "trust anchors in")
+        try:
+            if _is_pem(data):
+                ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
+            else:
+                ctx.load_verify_locations(cadata=data)
+        except (ssl.SSLError, ValueError) as e:
+            reason = getattr(e, "reason", None) or str(e)
+            raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
+
+
+def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
+    """The context a handshake starts with; SNI may switch it to a named pair."""
+    named = {name: _pair_context(settings, files, key, cert) for name, key, cert in settings.named}
+    if settings.keyfile and settings.certfile:
+        initial = _pair_context(settings, files, settings.keyfile, settings.certfile)
+    else:
+        initial = next(iter(named.values()))
+    initial.sni_callback = partial(_choose_context, named, settings.sni_required)
+    return initial
+
+
+def _pair_context(
+    settings: TlsSettings, files: Files, keyfile: str, certfile: str
+) -> ssl.SSLContext:
+    """A server context: TLS 1.2 and 1.3, ECDHE and AEAD suites in the
+    server's order, no renegotiation, no compression.
+
+    Each context carries the client-certificate policy itself: OpenSSL keeps
+    the first context's verify mode when SNI switches to another one.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    # A bare FIN must not poison the TLS object: the reply still has to go out.
+    ctx.options |= (
+        ssl.OP_NO_RENEGOTIATION
+        | ssl.OP_NO_COMPRESSION
+        | ssl.OP_CIPHER_SERVER_PREFERENCE
+        | ssl.OP_IGNORE_UNEXPECTED_EOF
+    )
+    ctx.sslobject_class = ServerSSLObject
+    # One ticket is all a client needs to resume; OpenSSL's default of two
+    # costs a second ticket's encryption (about 40 us) per full handshake.
+    ctx.num_tickets = 1
+    _load_pair(ctx, files, keyfile, certfile)
+    ctx.verify_mode = _VERIFY[settings.client_cert]
+    if settings.client_cert is not ClientCert.NONE:
+        _load_trust(ctx, files, settings.cafile, settings.cadir)
+    return ctx
+
+
+class ContextCache:
+    """One context per settings, rebuilt only when one of its files changes.
+
+    A stat per file and connection is the whole cost of noticing a rotated
+    certificate; a replacement that fails to load keeps the last good context
+    and is reported once.
+    """
+
+    def __init__(self, warn: Callable[[str], None], files: Files | None = None) -> None:
+        self._warn = warn
+        self.files: Files = files or LocalFiles()
+        self._entries: dict[TlsSettings, tuple[tuple[FileIdentity, ...], ssl.SSLContext]] = {}
+        self._failed: dict[TlsSettings, tuple[FileIdentity, ...]] = {}
+
+    def get(self, settings: TlsSettings) -> ssl.SSLContext:
+        entry = self._entries.get(settings)
+        try:
+            ids = tuple(self.files.identity(p) for p in settings.paths())
+        except OSError as e:
+            if entry is None:
+                raise TlsConfigError(f"unable to read {e.filename}: {e.strerror}") from None
+            return entry[1]
+        if entry is not None and entry[0] == ids:
+            return entry[1]
+        if entry is not None and self._failed.get(settings) == ids:
+            return entry[1]
+        try:
+            ctx = make_context(settings, self.files)
+        except TlsConfigError as e:
+            if entry is None:
+                raise
+            if e.transient:
+                return entry[1]  # try again with the next connection
+            self._failed[settings] = ids
+            self._warn(f"{e}; still serving the previous one")
+            return entry[1]
+        self._entries[settings] = (ids, ctx)
+        self._failed.pop(settings, None)
+        return ctx
