@@ -5,7 +5,8 @@ which offers the same three calls."""
 from __future__ import annotations
 
 import os
-from typing import Protocol
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 FileIdentity = tuple[int, int, int, int, int]
 
@@ -36,3 +37,31 @@ class LocalFiles:
     def listdir(self, path: str) -> list[str]:
         paths = (os.path.join(path, name) for name in sorted(os.listdir(path)))
         return [p for p in paths if os.path.isfile(p)]
+
+
+T = TypeVar("T")
+
+
+class WatchedFile(Generic[T]):
+    """A file parsed on first use, and again when it changes (upstream reads it per connection).
+
+    Read through a Files: with privilege separation, the root helper reads it.
+    """
+
+    def __init__(self, path: str, parse: Callable[[bytes], T], missing: T) -> None:
+        self.path = path
+        self._parse = parse
+        self._missing = missing
+        self._stamp: FileIdentity | None = None
+        self._value = missing
+
+    def get(self, files: Files) -> T:
+        """The parsed content, or the value for a missing file; OSError if unreadable."""
+        try:
+            stamp = files.identity(self.path)
+        except FileNotFoundError:
+            return self._missing
+        if stamp != self._stamp:
+            self._value = self._parse(files.read(self.path))
+            self._stamp = stamp
+        return self._value

@@ -25,7 +25,7 @@ from tests.support.server import Running, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 # Modules by the options that need them.
-LOOKUP_MODULES = ("dns", "s6tls.shell.names", "s6tls.ident")
+LOOKUP_MODULES = ("dns", "s6tls.shell.names", "s6tls.shell.dnsclient", "s6tls.ident")
 CDB_MODULES = ("cdbx", "s6tls.rules.cdbfile")
 CDB_LIBRARY = "/cdbx/_cdb."  # cdbx's extension module, as mapped
 

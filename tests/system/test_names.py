@@ -25,6 +25,7 @@ import pytest
 
 from s6tls.ident import parse_ident_reply
 from s6tls.resolvconf import parse_hosts, parse_resolv_conf, parse_server_list
+from s6tls.shell.dnsclient import DnsClient
 from s6tls.shell.names import NameLookupFailed, Names, Resolver
 from tests.system.dnsfixture import (
     DNSMASQ,
@@ -230,7 +231,7 @@ def test_hosts_first_answers_from_etc_hosts_without_dns(
 def test_hosts_first_falls_back_to_dns(servers: Servers, tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(f"# comment\n{SERVER}   Front.Example  front # alias\n")
-    resolver = Resolver((servers.good,), hosts_first=True, hosts_file=str(hosts))
+    resolver = Resolver(DnsClient((servers.good,)), hosts_first=True, hosts_file=str(hosts))
     assert names(resolver) == Names("client.s6tls.test.", "front.example.", None)
     # The file is read again when it changes.
     hosts.write_text(f"{CLIENT} c.example.\n{SERVER} s\n")
@@ -240,7 +241,7 @@ def test_hosts_first_falls_back_to_dns(servers: Servers, tmp_path: Path) -> None
 def test_without_hosts_first_the_hosts_file_is_ignored(servers: Servers, tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(f"{CLIENT} c.example\n")
-    resolver = Resolver((servers.good,), hosts_first=False, hosts_file=str(hosts))
+    resolver = Resolver(DnsClient((servers.good,)), hosts_first=False, hosts_file=str(hosts))
     assert names(resolver).remote_host == "client.s6tls.test."
 
 
@@ -297,7 +298,7 @@ def test_paranoid_without_a_name(servers: Servers) -> None:
 def test_paranoid_does_not_check_names_from_hosts(servers: Servers, tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(f"{LIAR} trusted.example\n")
-    resolver = Resolver((servers.good,), hosts_first=True, hosts_file=str(hosts))
+    resolver = Resolver(DnsClient((servers.good,)), hosts_first=True, hosts_file=str(hosts))
     found = names(resolver, LIAR, paranoid=True, strict=True)
     assert found.remote_host == "trusted.example."
 
@@ -365,7 +366,7 @@ def test_next_server_after_a_silent_one_waits_one_second(
 def test_resolv_conf_when_dnscacheip_names_no_server(servers: Servers, tmp_path: Path) -> None:
     conf = tmp_path / "resolv.conf"
     conf.write_text(f"search example.org\nnameserver {servers.good}\n")
-    resolver = Resolver((), resolv_conf=str(conf))
+    resolver = Resolver(DnsClient((), resolv_conf=str(conf)))
     assert names(resolver).remote_host == "client.s6tls.test."
     conf.write_text(f"nameserver {servers.unreachable}\n")
     assert names(resolver).remote_host is None
@@ -384,7 +385,7 @@ def test_server_lists() -> None:
         "fd00::53",
     )
     resolver = Resolver.from_environment({"DNSCACHEIP": "127.0.0.9,127.0.0.10"}, True)
-    assert resolver.servers == ("127.0.0.9", "127.0.0.10")
+    assert resolver.dns.servers == ("127.0.0.9", "127.0.0.10")
     assert resolver.hosts_first
 
 
