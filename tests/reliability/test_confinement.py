@@ -201,7 +201,8 @@ NO_LANDLOCK = [
     sys.executable,
     "-c",
     "import errno, os, sys\n"
-    "from s6tls.shell.confine import Filter, compiled, load, no_new_privs\n"
+    "from s6tls.shell.confine.seccomp import Filter, compiled, load\n"
+    "from s6tls.shell.confine.syscalls import no_new_privs\n"
     "def without_landlock():\n"
     "    f = Filter()\n"
     "    f.refuse('landlock_create_ruleset', errno.ENOSYS)\n"
