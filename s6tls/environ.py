@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 from s6tls.sslvars import TlsInfo
 
-TLS_VARIABLES = frozenset({"KEYFILE", "CERTFILE", "CADIR", "CAFILE", "TLS_UID", "TLS_GID"})
+TLS_VARIABLES = frozenset(
+    {"KEYFILE", "CERTFILE", "CADIR", "CAFILE", "CRLFILE", "ALPN", "TLS_UID", "TLS_GID"}
+)
 TLS_PREFIXES = ("KEYFILE:", "CERTFILE:")
 SSL_VARIABLES = (
     "SSL_PROTOCOL",
@@ -20,6 +22,7 @@ SSL_VARIABLES = (
     "SSL_TLS_SNI_SERVERNAME",
     "SSL_PEER_CERT_HASH",
     "SSL_PEER_CERT_SUBJECT",
+    "SSL_ALPN_PROTOCOL",
 )
 IDENTITY_VARIABLES = ("UID", "GID", "GIDLIST")
 

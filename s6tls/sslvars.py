@@ -52,6 +52,7 @@ class TlsInfo:
     servername: str | None = None
     peer_der: bytes | None = None
     peer_subject: tuple[tuple[tuple[str, str], ...], ...] | None = None
+    alpn: str | None = None  # the negotiated application protocol
 
     def variables(self) -> dict[str, str]:
         """The SSL_* variables; those that do not apply are absent."""
@@ -62,4 +63,6 @@ class TlsInfo:
             env["SSL_PEER_CERT_HASH"] = cert_hash(self.peer_der)
             if self.peer_subject is not None:
                 env["SSL_PEER_CERT_SUBJECT"] = subject_string(self.peer_subject)
+        if self.alpn is not None:
+            env["SSL_ALPN_PROTOCOL"] = self.alpn
         return env

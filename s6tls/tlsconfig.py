@@ -2,7 +2,9 @@
 
 Read from the environment, as upstream's s6-tlsd does: KEYFILE/CERTFILE,
 with ``-k`` every KEYFILE:name/CERTFILE:name pair for SNI, and with -Y/-y
-CADIR or CAFILE. An access rule may change any of them for one client.
+CADIR or CAFILE. Ours beside them: CRLFILE (with -Y/-y: revoked client
+certificates) and ALPN (the application protocols served, in order of
+preference). An access rule may change any of them for one client.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ class TlsSettings:
     client_cert: ClientCert = ClientCert.NONE
     cafile: str | None = None
     cadir: str | None = None
+    crlfile: str | None = None
+    alpn: tuple[str, ...] = ()  # the protocols served, best first; () for no ALPN
 
     def paths(self) -> tuple[str, ...]:
         """Every file whose change means the contexts must be rebuilt."""
-        paths = [self.keyfile, self.certfile, self.cafile, self.cadir]
+        paths = [self.keyfile, self.certfile, self.cafile, self.cadir, self.crlfile]
         for _, key, cert in self.named:
             paths += [key, cert]
         return tuple(p for p in paths if p)
@@ -78,12 +82,28 @@ def settings_from(env: Mapping[str, str], snilevel: int, client_cert: ClientCert
             raise TlsSettingsError("CERTFILE not set")
         if not keyfile:
             raise TlsSettingsError("KEYFILE not set")
-    cafile = cadir = None
+    cafile = cadir = crlfile = None
     if client_cert is not ClientCert.NONE:
         cafile, cadir = env.get("CAFILE") or None, env.get("CADIR") or None
         if not (cafile or cadir):
             raise TlsSettingsError("CADIR or CAFILE not set")
-    return TlsSettings(keyfile, certfile, named, snilevel >= 2, client_cert, cafile, cadir)
+        crlfile = env.get("CRLFILE") or None
+    return TlsSettings(
+        keyfile, certfile, named, snilevel >= 2, client_cert, cafile, cadir, crlfile, alpn_of(env)
+    )
+
+
+def alpn_of(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The ALPN setting: protocols in order of preference; () when unset or empty."""
+    text = env.get("ALPN")
+    if not text:
+        return ()
+    from s6tls.clienthello import AlpnListError, parse_alpn_list  # only with ALPN
+
+    try:
+        return parse_alpn_list(text)
+    except AlpnListError as e:
+        raise TlsSettingsError(str(e)) from None
 
 
 def match_name(names: Mapping[str, T], servername: str) -> T | None:

@@ -49,28 +49,69 @@ class TlsConfigError(SystemFailure):
 _TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR}
 
 
+# RFC 7301, section 3.2: the server supports none of the client's protocols.
+ALERT_NO_APPLICATION_PROTOCOL = 120
+# OpenSSL's X509_V_ERR_CRL_HAS_EXPIRED: the CRL is past its next update.
+CRL_HAS_EXPIRED = 12
+
+
 class ServerSSLObject(ssl.SSLObject):
-    """An SSLObject that remembers the SNI name the client sent."""
+    """An SSLObject that remembers the SNI name the client sent, and why our
+    own callback refused the handshake, if it did."""
 
     servername: str | None = None
+    refusal: str | None = None
+    # With ALPN, the stream (s6tls.shell.tls) keeps the bytes the client
+    # sends during the handshake in hello, for the callback to read.
+    keeps_hello = False
+    hello: bytearray | None = None
 
 
-def _choose_context(
+class AlpnSSLObject(ServerSSLObject):
+    """A ServerSSLObject whose stream keeps the client's first bytes."""
+
+    keeps_hello = True
+
+
+def _on_client_hello(
     named: Mapping[str, ssl.SSLContext],
     required: bool,
+    alpn: tuple[str, ...],
     obj: ssl.SSLObject,
     servername: str | None,
     _ctx: ssl.SSLContext,
 ) -> int | None:
-    """SNI: remember the name, and switch to its pair if one is configured."""
+    """OpenSSL's SNI callback, which it runs for every ClientHello, with or
+    without SNI, before it negotiates ALPN: remember the name, switch to its
+    pair if one is configured, and refuse a client whose ALPN offer has no
+    protocol of ours (OpenSSL would go on without ALPN)."""
     if isinstance(obj, ServerSSLObject):
         obj.servername = servername
+        if alpn and obj.hello is not None and (refusal := _alpn_refusal(alpn, obj.hello)):
+            obj.refusal = refusal
+            return ALERT_NO_APPLICATION_PROTOCOL
     chosen = match_name(named, servername) if servername else None
     if chosen is not None:
         obj.context = chosen
     elif required:
         return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
     return None
+
+
+def _alpn_refusal(alpn: tuple[str, ...], received: bytes | bytearray) -> str | None:
+    """Why a client that sent these bytes must be refused, or None to go on."""
+    from s6tls.clienthello import ClientHelloError, read_client_hello  # with ALPN only
+
+    try:
+        hello = read_client_hello(bytes(received))
+    except ClientHelloError as e:
+        return f"unreadable ClientHello ({e})"  # OpenSSL read it: fail closed
+    if hello is None:
+        return "unreadable ClientHello (incomplete)"
+    if hello.alpn is None or any(p.encode() in hello.alpn for p in alpn):
+        return None
+    offered = ", ".join(p.decode("ascii", "backslashreplace") for p in hello.alpn)
+    return f"no application protocol in common (offered: {offered})"
 
 
 def _read(files: Files, path: str, what: str) -> bytes:
@@ -155,6 +196,26 @@ def _load_trust(ctx: ssl.SSLContext, files: Files, cafile: str | None, cadir: st
             raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
 
 
+def _load_crls(ctx: ssl.SSLContext, files: Files, crlfile: str) -> None:
+    """CRLFILE: the PEM CRLs that client certificates are checked against.
+
+    Only the client's own certificate is checked (its issuer's CRL must be
+    in the file, or it is refused): OpenSSL's check of the whole chain would
+    refuse every client whose intermediate CAs have no CRL here.
+    """
+    data = _read(files, crlfile, "revocation list")
+    before = ctx.cert_store_stats()["crl"]
+    try:
+        with _memory_file(data) as path:
+            ctx.load_verify_locations(cafile=path)
+    except ssl.SSLError as e:
+        reason = e.reason or str(e)
+        raise TlsConfigError(f"unable to read revocation list {crlfile}: {reason}") from None
+    if ctx.cert_store_stats()["crl"] == before:
+        raise TlsConfigError(f"unable to read revocation list {crlfile}: no PEM X509 CRL in it")
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+
+
 def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
     """The context a handshake starts with; SNI may switch it to a named pair."""
     named = {name: _pair_context(settings, files, key, cert) for name, key, cert in settings.named}
@@ -162,7 +223,9 @@ def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
         initial = _pair_context(settings, files, settings.keyfile, settings.certfile)
     else:
         initial = next(iter(named.values()))
-    initial.sni_callback = partial(_choose_context, named, settings.sni_required)
+    initial.sni_callback = partial(
+        _on_client_hello, named, settings.sni_required, settings.alpn
+    )
     return initial
 
 
@@ -185,7 +248,9 @@ def _pair_context(
         | ssl.OP_CIPHER_SERVER_PREFERENCE
         | ssl.OP_IGNORE_UNEXPECTED_EOF
     )
-    ctx.sslobject_class = ServerSSLObject
+    ctx.sslobject_class = AlpnSSLObject if settings.alpn else ServerSSLObject
+    if settings.alpn:
+        ctx.set_alpn_protocols(settings.alpn)
     # One ticket is all a client needs to resume; OpenSSL's default of two
     # costs a second ticket's encryption (about 40 us) per full handshake.
     ctx.num_tickets = 1
@@ -193,6 +258,8 @@ def _pair_context(
     ctx.verify_mode = _VERIFY[settings.client_cert]
     if settings.client_cert is not ClientCert.NONE:
         _load_trust(ctx, files, settings.cafile, settings.cadir)
+        if settings.crlfile:
+            _load_crls(ctx, files, settings.crlfile)
     return ctx
 
 

@@ -33,7 +33,15 @@ _PLAIN_BUFFER = shared_buffer(PLAIN_BATCH)
 
 
 class HandshakeFailed(Exception):
-    """The handshake did not complete; the message says why, in one line."""
+    """The handshake did not complete; the message says why, in one line.
+
+    ``verify_code``: OpenSSL's reason for refusing the client's certificate,
+    when that was why.
+    """
+
+    def __init__(self, message: str, verify_code: int | None = None) -> None:
+        super().__init__(message)
+        self.verify_code = verify_code
 
 
 def _decrypt(obj: ssl.SSLObject, buf: memoryview) -> int:
@@ -77,6 +85,15 @@ class TlsStream:
         if pending:
             self._in.write(pending)
         self.ssl = ctx.wrap_bio(self._in, self._out, server_side=True)
+        # With ALPN, the ClientHello is read again by the SNI callback
+        # (s6tls.shell.contexts): keep what the client sends until the end
+        # of the handshake, up to what that reader looks at.
+        self._hello: bytearray | None = None
+        if getattr(self.ssl, "keeps_hello", False):
+            from s6tls.clienthello import MAX_HELLO_BYTES
+
+            self._hello = self.ssl.hello = bytearray(pending[:MAX_HELLO_BYTES])  # type: ignore[attr-defined]
+            self._hello_room = MAX_HELLO_BYTES - len(self._hello)
         self._sending = _OneAtATime()
         self._unsent_ticket = 0  # bytes of output that need not go out before we wait
         self.clean_eof = False
@@ -86,6 +103,10 @@ class TlsStream:
         n = read_into(self.sock.fileno(), _RECV_BUFFER)
         if n:
             self._in.write(_RECV_BUFFER[:n])
+            if self._hello is not None and self._hello_room > 0:
+                kept = _RECV_BUFFER[: min(n, self._hello_room)]
+                self._hello += kept
+                self._hello_room -= len(kept)
         else:
             self._in.write_eof()
 
@@ -109,6 +130,7 @@ class TlsStream:
                     if self._in.eof:
                         raise HandshakeFailed("the client closed the connection") from None
                     self._fill()
+            self._hello = None
             if self.ssl.version() == "TLSv1.3":
                 # All that is left is the session ticket, which no client
                 # waits for: it goes out with our first reply, in one send.
@@ -123,9 +145,12 @@ class TlsStream:
                 self.flush()  # the alert, so the client learns why
             except OSError:
                 pass
-            reason = e.reason or e.strerror or str(e)
+            reason = getattr(self.ssl, "refusal", None) or e.reason or e.strerror or str(e)
+            code = None
+            if isinstance(e, ssl.SSLCertVerificationError):
+                reason, code = f"{reason} ({e.verify_message})", e.verify_code
             raise HandshakeFailed(
-                f"the TLS engine closed the connection during the handshake: {reason}"
+                f"the TLS engine closed the connection during the handshake: {reason}", code
             ) from None
         except OSError as e:
             raise HandshakeFailed(f"unable to talk to remote: {e.strerror or e}") from None
@@ -143,6 +168,7 @@ class TlsStream:
             servername=getattr(obj, "servername", None),
             peer_der=der,
             peer_subject=subject,  # type: ignore[arg-type]
+            alpn=obj.selected_alpn_protocol(),
         )
 
     def read(self) -> memoryview:
