@@ -7,10 +7,12 @@ from OpenSSL's SNI callback (run for every ClientHello, before ALPN), in the
 bytes the client has sent so far. This module is that look, and the choice.
 
 ``read_client_hello`` is a function of the whole buffer, not an incremental
-parser: the shell keeps the first bytes of the connection anyway, reads them
-at most twice (the first ClientHello and, after a HelloRetryRequest, the
-second), and a fresh parse of at most ``MAX_HELLO_BYTES`` is cheap. So there
-is no state to get wrong, and every prefix of a stream is answered alike.
+parser: the shell must keep the first bytes of the connection anyway (the
+memory BIO consumes them), asks at most twice (the first ClientHello and,
+after a HelloRetryRequest, the second), and a fresh parse of at most
+``MAX_HELLO_BYTES`` takes well under a millisecond for a real hello. So there
+is no state to get wrong, and a longer buffer never contradicts a shorter one:
+once refused, refused for good.
 
 Decisions, following RFC 8446 (§4.1.2, §5.1) and RFC 5246 strictly:
 
