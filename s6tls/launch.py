@@ -11,19 +11,19 @@ from collections.abc import Mapping
 from s6tls.environ import prog_environ
 from s6tls.identity import Identity
 from s6tls.options import Options
-from s6tls.rules import Rule
 from s6tls.sslvars import TlsInfo
 
 
 def prog_command(
-    opts: Options, tcp_env: Mapping[str, str], rule: Rule | None, info: TlsInfo
+    opts: Options, tcp_env: Mapping[str, str], exec_text: str, info: TlsInfo
 ) -> tuple[tuple[str, ...], dict[str, str]]:
-    """argv and environment for prog, from the environment after the access stage.
+    """argv and environment for prog, from the environment after the rules.
 
-    An ``exec`` rule replaces prog with ``execlineb -c TEXT``; -u/-g/-G/-U
-    prefix it with setpriv; -U's variables are used, then removed.
+    An ``exec`` rule's text (the verdict's, ``s6tls.rules.verdict``) replaces
+    prog with ``execlineb -c TEXT``; -u/-g/-G/-U prefix it with setpriv;
+    -U's variables are used, then removed.
     """
-    argv = ("execlineb", "-c", rule.exec) if rule is not None and rule.exec else opts.prog
+    argv = ("execlineb", "-c", exec_text) if exec_text else opts.prog
     argv = Identity.from_options(opts).wrap(argv, tcp_env)
     env = prog_environ(tcp_env, info, opts.keep_tls_env, drop_identity=opts.identity_from_env)
     return argv, env

@@ -47,6 +47,10 @@ class RuleSource(Protocol):
 
     def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None: ...
 
+    def find_each(self, groups: Iterable[Iterable[str]]) -> list[tuple[str, Rule] | None]:
+        """``find`` for each list of keys, in the same version of the rules."""
+        ...
+
 
 def decide(source: RuleSource, ip: str, name: str | None) -> tuple[str, Rule] | None:
     """Return the first matching key and its rule for a client, or None (the caller denies).

@@ -121,7 +121,14 @@ class CdbRules:
         The file is checked for a change once per call, so all keys are looked
         up in the same version of the rules.
         """
+        return self._find(self._current(), keys)
+
+    def find_each(self, groups: Iterable[Iterable[str]]) -> list[tuple[str, Rule] | None]:
+        """``find`` for each list of keys, all in the same version of the file."""
         cdb = self._current()
+        return [self._find(cdb, keys) for keys in groups]
+
+    def _find(self, cdb: cdbx.CDB, keys: Iterable[str]) -> tuple[str, Rule] | None:
         for key in keys:
             try:
                 value = cdb.get(os.fsencode(key))

@@ -86,6 +86,10 @@ class DirRules:
                 return key, rule
         return None
 
+    def find_each(self, groups: Iterable[Iterable[str]]) -> list[tuple[str, Rule] | None]:
+        """``find`` for each list of keys (a directory has no version to keep)."""
+        return [self.find(keys) for keys in groups]
+
     def close(self) -> None:
         """Nothing to release; present so every rule source can be closed alike."""
 

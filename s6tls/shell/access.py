@@ -1,4 +1,5 @@
-"""Access control before TLS: banner, names, and the rules' verdict."""
+"""Access control: before TLS, banner, names and the IP stage of the rules;
+after the handshake, the TLS stage (s6tls.rules.verdict)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import socket
 
 from s6tls import logline
 from s6tls.environ import Connection
+from s6tls.options import ClientCert
 from s6tls.rules import Rule, RulesError, decide
+from s6tls.rules.verdict import Verdict, denial, tls_lookups
 from s6tls.shell.service import Service
+from s6tls.sslvars import TlsInfo
 
 
 class Denied(Exception):
@@ -72,3 +76,31 @@ def check_access(
     if log.verbose:
         log.info(f"allow {where} key {key}")
     return conn, found
+
+
+def check_tls(
+    service: Service, where: str, info: TlsInfo, found: tuple[str, Rule] | None
+) -> Verdict:
+    """Run the TLS stage of the rules, after the handshake: the verdict of
+    the IP rule ``found`` and of what the SNI name, the ALPN protocol and the
+    client's certificate find. Denied if any of them denies."""
+    if service.rules is None:
+        return Verdict.of([found])
+    lookups = tls_lookups(
+        info.servername,
+        info.alpn,
+        info.peer_der,
+        service.options.client_cert is not ClientCert.NONE,
+    )
+    try:
+        tls_found = service.rules.find_each(lookups)
+    except RulesError as e:
+        service.log.warning(f"{where}: denied: {e}")
+        raise Denied() from None
+    if (key := denial(tls_found)) is not None:
+        raise Denied(f"deny {where} key {key}")
+    verdict = Verdict.of([found, *tls_found])
+    if service.log.verbose:
+        for key in verdict.keys[1 if found else 0 :]:
+            service.log.info(f"allow {where} key {key}")
+    return verdict

@@ -276,6 +276,7 @@ class ContextCache:
         self.files: Files = files or LocalFiles()
         self._entries: dict[TlsSettings, tuple[tuple[FileIdentity, ...], ssl.SSLContext]] = {}
         self._failed: dict[TlsSettings, tuple[FileIdentity, ...]] = {}
+        self._expired: set[int] = set()  # contexts whose CRL was reported past its date
 
     def get(self, settings: TlsSettings) -> ssl.SSLContext:
         entry = self._entries.get(settings)
@@ -301,4 +302,19 @@ class ContextCache:
             return entry[1]
         self._entries[settings] = (ids, ctx)
         self._failed.pop(settings, None)
+        if entry is not None:
+            self._expired.discard(id(entry[1]))
         return ctx
+
+    def crl_expired(self, settings: TlsSettings) -> None:
+        """A client certificate was refused because CRLFILE is past its next
+        update: say so once for the CRL in force (every client certificate is
+        refused until it is replaced)."""
+        entry = self._entries.get(settings)
+        if entry is None or id(entry[1]) in self._expired:
+            return
+        self._expired.add(id(entry[1]))
+        self._warn(
+            f"revocation list {settings.crlfile} is past its next update:"
+            " every client certificate is refused until it is replaced"
+        )

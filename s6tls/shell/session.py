@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import gevent
 
 from s6tls import logline
-from s6tls.environ import Connection, tcp_environ
+from s6tls.environ import Connection, apply, tcp_environ
 from s6tls.identity import IdentityError
-from s6tls.shell.access import Denied, check_access
-from s6tls.shell.contexts import TlsConfigError
+from s6tls.shell.access import Denied, check_access, check_tls
+from s6tls.shell.contexts import CRL_HAS_EXPIRED, TlsConfigError
 from s6tls.shell.proxyread import ProxyFailed, read_proxy_header
 from s6tls.shell.relay import relay
 from s6tls.shell.service import Service
@@ -62,6 +63,14 @@ def _proxied(conn: Connection, sock: socket.socket, deadline_ms: int) -> tuple[C
     ), pending
 
 
+def _say_goodbye(stream: TlsStream) -> None:
+    """End a session that prog never serves: close_notify, if it can go out."""
+    try:
+        stream.close_notify()
+    except (OSError, ssl.SSLError):
+        pass
+
+
 def run(
     service: Service, sock: socket.socket, session: Session, on_start: Callable[[], None]
 ) -> int | None:
@@ -95,8 +104,20 @@ def run(
         timeout = _seconds(opts.handshake_timeout_ms)
         with gevent.Timeout(timeout, HandshakeFailed("handshake timed out")):
             info = stream.handshake()
-        child = service.launcher.launch(conn, env, found, info)
-    except (HandshakeFailed, ProxyFailed, TlsConfigError, TlsSettingsError, IdentityError) as e:
+        try:
+            verdict = check_tls(service, where, info, found)
+        except Denied:
+            _say_goodbye(stream)
+            raise
+        apply(env, verdict.tls_env)  # after the handshake: they change nothing of it
+        child = service.launcher.launch(conn, env, verdict, info)
+    except HandshakeFailed as e:
+        log.warning(f"{where}: {e}")
+        if e.verify_code == CRL_HAS_EXPIRED:
+            service.contexts.crl_expired(service.tls_settings(env))
+        sock.close()
+        return None
+    except (ProxyFailed, TlsConfigError, TlsSettingsError, IdentityError) as e:
         log.warning(f"{where}: {e}")
         sock.close()
         return None

@@ -17,7 +17,7 @@ from gevent.socket import wait_read
 from s6tls.environ import Connection
 from s6tls.launch import prog_command
 from s6tls.options import Options
-from s6tls.rules import Rule
+from s6tls.rules.verdict import Verdict
 from s6tls.shell.descriptors import start_prog
 from s6tls.sslvars import TlsInfo
 
@@ -129,7 +129,7 @@ class Launcher(Protocol):
         self,
         conn: Connection,
         tcp_env: Mapping[str, str],
-        found: tuple[str, Rule] | None,
+        verdict: Verdict,
         info: TlsInfo,
     ) -> Child: ...
 
@@ -144,9 +144,9 @@ class LocalLauncher:
         self,
         conn: Connection,
         tcp_env: Mapping[str, str],
-        found: tuple[str, Rule] | None,
+        verdict: Verdict,
         info: TlsInfo,
     ) -> Child:
-        argv, env = prog_command(self.opts, tcp_env, found[1] if found else None, info)
+        argv, env = prog_command(self.opts, tcp_env, verdict.exec, info)
         pid, stdin, stdout = start_on_pipes(lambda i, o: spawn_on(argv, env, i, o))
         return LocalChild(pid, stdin, stdout)

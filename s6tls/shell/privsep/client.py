@@ -21,6 +21,7 @@ from gevent.lock import Semaphore
 from s6tls.environ import Connection
 from s6tls.rules import Rule
 from s6tls.rules.errors import RulesError
+from s6tls.rules.verdict import Verdict
 from s6tls.shell.files import FileIdentity
 from s6tls.shell.privsep.wire import (
     MAX_MESSAGE,
@@ -129,14 +130,14 @@ class HelperClient:
         self,
         conn: Connection,
         tcp_env: Mapping[str, str],
-        found: tuple[str, Rule] | None,
+        verdict: Verdict,
         info: TlsInfo,
     ) -> HelperChild:
         request = {
             "op": "spawn",
             "conn": conn_facts(conn),
             "info": info_facts(info),
-            "key": found[0] if found else None,
+            "keys": list(verdict.keys),
         }
 
         def start(stdin: int, stdout: int) -> int:
@@ -174,7 +175,12 @@ class HelperClient:
 
     def find(self, keys: Iterable[str]) -> tuple[str, Rule] | None:
         """RulesError when the ruleset cannot be read (or the helper is gone)."""
+        return self.find_each([keys])[0]
+
+    def find_each(self, groups: Iterable[Iterable[str]]) -> list[tuple[str, Rule] | None]:
+        """A lookup for each list of keys, in one request."""
+        request = {"op": "find", "groups": [list(keys) for keys in groups]}
         try:
-            return rule_from(self.call({"op": "find", "keys": list(keys)})["found"])
+            return [rule_from(found) for found in self.call(request)["found"]]
         except HelperError as e:
             raise RulesError(str(e)) from None

@@ -21,6 +21,7 @@ from s6tls.launch import prog_command
 from s6tls.options import Options
 from s6tls.rules import RuleSource, decode
 from s6tls.rules.errors import RulesError
+from s6tls.rules.verdict import Verdict, VerdictError
 from s6tls.shell.files import LocalFiles
 from s6tls.shell.load import busy_ns
 from s6tls.shell.privsep.wire import (
@@ -32,6 +33,7 @@ from s6tls.shell.privsep.wire import (
     info_from,
     rule_facts,
     text,
+    texts,
 )
 from s6tls.shell.spawn import SpawnFailed, spawn_on
 
@@ -142,9 +144,12 @@ class Helper:
             self._add_client(ours)
             give.append(theirs.detach())
             return {}
-        if op == "find":
-            keys = [text(k) for k in request["keys"]]
-            return {"found": rule_facts(self.rules.find(keys) if self.rules else None)}
+        if op == "find":  # a lookup for each list of keys
+            groups = request.get("groups")
+            if not isinstance(groups, list):
+                raise HelperError("bad request")
+            found = self.rules.find_each([texts(keys) for keys in groups]) if self.rules else []
+            return {"found": [rule_facts(item) for item in found]}
         if op == "busy":  # the pool's load, read in /proc (world-readable)
             pids = request["pids"]
             if not all(isinstance(pid, int) and pid > 0 for pid in pids):
@@ -193,14 +198,9 @@ class Helper:
             raise HelperError("bad request")
         conn = conn_from(request["conn"])
         info = info_from(request["info"])
-        rule = None
-        key = request.get("key")
-        if key is not None:
-            rule = self.rules.get(text(key)) if self.rules else None
-            if rule is None or not rule.allow:
-                raise HelperError("no such rule")
-        tcp_env = tcp_environ(self.base_env, conn, rule.env if rule else ())
-        argv, env = prog_command(self.opts, tcp_env, rule, info)
+        verdict = self._verdict(texts(request.get("keys")))
+        tcp_env = tcp_environ(self.base_env, conn, verdict.env)
+        argv, env = prog_command(self.opts, tcp_env, verdict.exec, info)
         try:
             pid = spawn_on(argv, env, fds[0], fds[1])
         except SpawnFailed as e:
@@ -209,6 +209,19 @@ class Helper:
         self.children[pid] = (pidfd, client)
         self.selector.register(pidfd, selectors.EVENT_READ, pid)
         return {"pid": pid}
+
+    def _verdict(self, keys: list[str]) -> Verdict:
+        """The verdict of the rules the requester names, as this helper finds them."""
+        found = []
+        for key in keys:
+            rule = self.rules.get(key) if self.rules else None
+            if rule is None:
+                raise HelperError("no such rule")
+            found.append((key, rule))
+        try:
+            return Verdict.of(found)
+        except VerdictError as e:
+            raise HelperError(str(e)) from None
 
     def _reap(self, pid: int) -> None:
         pidfd, client = self.children.pop(pid)

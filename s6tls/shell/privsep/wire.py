@@ -73,6 +73,7 @@ def info_facts(info: TlsInfo) -> dict[str, Any]:
         "servername": info.servername,
         "peer_der": base64.b64encode(info.peer_der).decode() if info.peer_der else None,
         "peer_subject": info.peer_subject,
+        "alpn": info.alpn,
     }
 
 
@@ -94,7 +95,15 @@ def info_from(facts: Mapping[str, Any]) -> TlsInfo:
         servername=_optional(facts.get("servername")),
         peer_der=base64.b64decode(der) if der else None,
         peer_subject=rdns,
+        alpn=_optional(facts.get("alpn")),
     )
+
+
+def texts(value: object) -> list[str]:
+    """A list of strings (rule keys), each checked."""
+    if not isinstance(value, list):
+        raise HelperError("bad request")
+    return [text(item) for item in value]
 
 
 def rule_facts(found: tuple[str, Rule] | None) -> Any:
