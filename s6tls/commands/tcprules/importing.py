@@ -16,7 +16,8 @@ from s6tls.logline import say
 from s6tls.rules import RulesError, encode
 from s6tls.rules.cdbfile import write_cdb
 from s6tls.rules.edit import create_ruleset
-from s6tls.rules.tcprules_text import TcpRulesError, convert_tcprules, parse_tcprules
+from s6tls.rules.tcprules_convert import convert_tcprules
+from s6tls.rules.tcprules_text import TcpRulesError, parse_tcprules
 
 _OCTAL = re.compile(r"[0-7]+")
 _UINT_MAX = 0xFFFFFFFF
