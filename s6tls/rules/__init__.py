@@ -3,8 +3,10 @@
 Pure model: no sockets, no gevent, so the rules tools start fast. The parts
 only some commands need are imported from their own modules, so that a server
 without ``-x`` never loads them: ``s6tls.rules.cdbfile`` (cdb files),
-``s6tls.rules.edit`` (scripting a ruleset) and ``s6tls.rules.tcprules_text``
-(djb's tcprules), the last two for the s6-tcprules command.
+``s6tls.rules.edit`` (scripting a ruleset), ``s6tls.rules.tcprules_text``
+(djb's tcprules text and tcpserver's lookup) and
+``s6tls.rules.tcprules_convert`` (its exact translation into s6 rules), the
+last three for the s6-tcprules command.
 """
 
 from __future__ import annotations

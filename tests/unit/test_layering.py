@@ -6,17 +6,31 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "s6tls"
-CORE = sorted(
-    ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
-    for p in [*PACKAGE.glob("*.py"), *PACKAGE.glob("rules/*.py")]
-    if p.name != "__init__.py"
-)
-TOOLS = ["s6tls.commands.cdb_from_fs", "s6tls.commands.fs_from_cdb", "s6tls.commands.tcprules"]
+
+
+def _modules(paths: Iterable[Path]) -> list[str]:
+    """The dotted names of these module files (a package's __init__.py left out)."""
+    return sorted(
+        ".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts)
+        for p in paths
+        if p.name != "__init__.py"
+    )
+
+
+CORE = _modules([*PACKAGE.glob("*.py"), *PACKAGE.glob("rules/*.py")])
+# The rules tools; s6-tcprules is a package, checked whole and module by module.
+TOOLS = [
+    "s6tls.commands.cdb_from_fs",
+    "s6tls.commands.fs_from_cdb",
+    "s6tls.commands.tcprules",
+    *_modules(PACKAGE.glob("commands/tcprules/*.py")),
+]
 PURE = [*CORE, *TOOLS]
 
 

@@ -1,4 +1,7 @@
-"""Tests for djb's tcprules text and its translation into s6 rules (rules/tcprules_text.py).
+"""Tests for djb's tcprules text and its translation into s6 rules.
+
+The text and tcpserver's lookup are rules/tcprules_text.py, the translation
+rules/tcprules_convert.py.
 
 tcpserver's own decisions are checked against ucspi-tcp's tcprulescheck in
 tests/system/test_tcprules.py; here the model is taken as the reference.
@@ -14,11 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from s6tls.rules import Rule, decide
+from s6tls.rules.tcprules_convert import convert_tcprules, import_tcprules
 from s6tls.rules.tcprules_text import (
     TcpRule,
     TcpRulesError,
-    convert_tcprules,
-    import_tcprules,
     parse_tcprules,
     range_prefixes,
     tcprules_table,
