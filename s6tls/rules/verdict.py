@@ -25,9 +25,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from s6tls.rules.codec import Rule
 from s6tls.rules.tlskeys import alpn_keys, cert_keys, sni_keys
+
+if TYPE_CHECKING:
+    from s6tls.rules import RuleSource
 
 Found = tuple[str, Rule]
 
@@ -122,3 +126,30 @@ class Verdict:
             if rule is not None and rule.exec:
                 return rule.exec
         return ""
+
+
+@dataclass(frozen=True)
+class TlsDecision:
+    """What the TLS stage found, lookup by lookup, and the outcome."""
+
+    tried: tuple[tuple[str, ...], ...]  # the keys of each lookup (SNI, ALPN, certificate)
+    found: tuple[Found | None, ...]  # what each lookup found
+    denied_by: str | None  # the key of the first rule found that denies
+    verdict: Verdict | None  # the connection's verdict, unless denied
+
+
+def decide_tls(
+    source: RuleSource,
+    ip_found: Found | None,
+    servername: str | None,
+    protocol: str | None,
+    peer_der: bytes | None,
+    cert_asked: bool,
+) -> TlsDecision:
+    """Run the TLS stage for a connection the IP stage allowed with ``ip_found``
+    (None where no rules were consulted). RulesError if the rules are unreadable."""
+    tried = tls_lookups(servername, protocol, peer_der, cert_asked)
+    found = source.find_each(tried)
+    denied_by = denial(found)
+    verdict = None if denied_by else Verdict.of([ip_found, *found])
+    return TlsDecision(tuple(map(tuple, tried)), tuple(found), denied_by, verdict)

@@ -10,7 +10,7 @@ from s6tls import logline
 from s6tls.environ import Connection
 from s6tls.options import ClientCert
 from s6tls.rules import Rule, RulesError, decide
-from s6tls.rules.verdict import Verdict, denial, tls_lookups
+from s6tls.rules.verdict import Verdict, decide_tls
 from s6tls.shell.service import Service
 from s6tls.sslvars import TlsInfo
 
@@ -86,21 +86,21 @@ def check_tls(
     client's certificate find. Denied if any of them denies."""
     if service.rules is None:
         return Verdict.of([found])
-    lookups = tls_lookups(
-        info.servername,
-        info.alpn,
-        info.peer_der,
-        service.options.client_cert is not ClientCert.NONE,
-    )
     try:
-        tls_found = service.rules.find_each(lookups)
+        decision = decide_tls(
+            service.rules,
+            found,
+            info.servername,
+            info.alpn,
+            info.peer_der,
+            service.options.client_cert is not ClientCert.NONE,
+        )
     except RulesError as e:
         service.log.warning(f"{where}: denied: {e}")
         raise Denied() from None
-    if (key := denial(tls_found)) is not None:
-        raise Denied(f"deny {where} key {key}")
-    verdict = Verdict.of([found, *tls_found])
+    if decision.verdict is None:
+        raise Denied(f"deny {where} key {decision.denied_by}")
     if service.log.verbose:
-        for key in verdict.keys[1 if found else 0 :]:
+        for key in decision.verdict.keys[1 if found else 0 :]:
             service.log.info(f"allow {where} key {key}")
-    return verdict
+    return decision.verdict

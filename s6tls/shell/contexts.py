@@ -223,9 +223,7 @@ def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
         initial = _pair_context(settings, files, settings.keyfile, settings.certfile)
     else:
         initial = next(iter(named.values()))
-    initial.sni_callback = partial(
-        _on_client_hello, named, settings.sni_required, settings.alpn
-    )
+    initial.sni_callback = partial(_on_client_hello, named, settings.sni_required, settings.alpn)
     return initial
 
 

@@ -25,7 +25,8 @@ from s6tls.logline import say
 USAGE = f"""Usage:
   {PROG} compile [-m MODE] [--] DIR CDB
   {PROG} decompile [--] CDB DIR
-  {PROG} check (-i DIR | -x CDB) [-H] [-v] [--json] [--] IP [NAME]
+  {PROG} check (-i DIR | -x CDB) [-H] [-v] [--json] [--sni=NAME] [--alpn=PROTOCOL]
+                    [--cert=FILE | --no-cert] [--] IP [NAME]
   {PROG} list (-i DIR | -x CDB) [--json]
   {PROG} import [-H] [-o DIR | -x CDB [-m MODE]] [--] [FILE]
   {PROG} add -i DIR [--replace] [--env=NAME=VALUE]... [--unset=NAME]... [--exec=TEXT] [--] KEY allow
@@ -39,8 +40,9 @@ Commands:
   compile     compile the rules directory DIR into the cdb file CDB
   decompile   write the rules of the cdb file CDB as the new directory DIR
   check       say how the rules decide for a client at IP named NAME
-              (exit 0: allowed, 1: denied); with IP -, for each line
-              "IP [NAME]" of stdin (exit 1: one at least was denied)
+              (exit 0: allowed, 1: denied), before TLS and after its
+              handshake; with IP -, for each line "IP [NAME]" of stdin
+              (exit 1: one at least was denied)
   list        print every rule of DIR or CDB, one a line, in the order
               a lookup meets them
   import      translate djb tcprules text (FILE or stdin) into s6 rules;
@@ -50,7 +52,10 @@ Commands:
   remove      remove the rule under KEY from DIR (exit 1: KEY has none)
 
 KEY is ip4/ADDRESS_LENGTH, ip6/ADDRESS_LENGTH, reversedns/NAME,
-reversedns/@, or the shorthand ADDRESS or ADDRESS/LENGTH.
+reversedns/@, or the shorthand ADDRESS or ADDRESS/LENGTH; after the
+handshake, sni/NAME, sni/@, sni/none, alpn/PROTOCOL, alpn/@, alpn/none,
+certhash/SHA256:HEX, spki/SHA256:HEX, san/DNS:NAME, san/URI:URI,
+san/email:ADDRESS, cn/TEXT, cert/@ or cert/none.
 
 Options:
   -i DIR             rules directory
@@ -59,6 +64,11 @@ Options:
   -m MODE            permissions of the cdb file, in octal
   -H                 no names: for a server run with -H
   -v                 check: also list the keys tried, in order
+  --sni=NAME         check: the client asks for NAME by SNI (else none)
+  --alpn=PROTOCOL    check: the protocol negotiated by ALPN (else none)
+  --cert=FILE        check: the client's certificate (PEM or DER), as
+                     for a server run with -Y or -y
+  --no-cert          check: a client that sent none, with -Y
   --json             print each answer or rule as one JSON object
   --env=NAME=VALUE   set NAME to VALUE for prog (repeatable)
   --unset=NAME       remove NAME from prog's environment (repeatable)
