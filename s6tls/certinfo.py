@@ -113,7 +113,9 @@ def read_certificate(der: bytes) -> CertFacts:
         raise CertificateError("not bytes")
     if len(der) > MAX_CERTIFICATE:
         raise CertificateError(f"certificate over {MAX_CERTIFICATE} bytes")
-    cert = _Reader(der, 0, len(der)).inside(_SEQUENCE, "certificate")
+    whole = _Reader(der, 0, len(der))
+    cert = whole.inside(_SEQUENCE, "certificate")
+    whole.end("DER")
     tbs = cert.inside(_SEQUENCE, "tbsCertificate")
     cert.skip(_SEQUENCE, "signatureAlgorithm")
     cert.skip(_BIT_STRING, "signatureValue")
