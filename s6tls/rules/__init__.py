@@ -4,7 +4,9 @@ Pure model: no sockets, no gevent, so the rules tools start fast. The parts
 only some commands need are imported from their own modules, so that a server
 without ``-x`` never loads them: ``s6tls.rules.cdbfile`` (cdb files),
 ``s6tls.rules.edit`` (scripting a ruleset) and ``s6tls.rules.tcprules_text``
-(djb's tcprules), the last two for the s6-tcprules command.
+(djb's tcprules), the last two for the s6-tcprules command; and
+``s6tls.rules.tlskeys`` (the keys of the TLS stage, from the handshake), which
+the server needs and the rules tools do not.
 """
 
 from __future__ import annotations
