@@ -6,7 +6,9 @@ without ``-x`` never loads them: ``s6tls.rules.cdbfile`` (cdb files),
 ``s6tls.rules.edit`` (scripting a ruleset), ``s6tls.rules.tcprules_text``
 (djb's tcprules text and tcpserver's lookup) and
 ``s6tls.rules.tcprules_convert`` (its exact translation into s6 rules), the
-last three for the s6-tcprules command.
+last three for the s6-tcprules command; ``s6tls.rules.tlskeys`` (the keys of
+the TLS stage, from the handshake) and ``s6tls.rules.verdict`` (how the two
+stages decide together), for the server and s6-tcprules check.
 """
 
 from __future__ import annotations

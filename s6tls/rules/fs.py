@@ -98,7 +98,8 @@ def read_tree(rulesdir: str) -> dict[str, Rule]:
     """Return every rule of a rules directory, by key, in the order of the names.
 
     Like upstream's compiler, every top-level directory (ip4, ip6, reversedns,
-    uid, gid or any other) is read and names starting with a dot are skipped.
+    the TLS stage's sni, alpn, certhash, spki, san, cn, cert, upstream's uid,
+    gid, or any other) is read and names starting with a dot are skipped.
     """
     rules: dict[str, Rule] = {}
     for top in _list_dir(rulesdir):

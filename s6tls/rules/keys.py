@@ -13,6 +13,21 @@ _IP6_BITS = 128
 # The families of keys s6-tlsserver looks up, in the order it tries them
 # (uid/ and gid/ are s6-ipcserver's).
 FAMILIES = ("ip4", "ip6", "reversedns")
+"""The families of the access stage, which upstream's s6-tcpserver-access has too."""
+
+TLS_FAMILIES = ("sni", "alpn", "certhash", "spki", "san", "cn", "cert")
+"""The families of the TLS stage (s6tls only; see s6tls.rules.tlskeys), in the order tried."""
+
+ALL_FAMILIES = FAMILIES + TLS_FAMILIES
+"""Every family the server looks up, in the order it tries them."""
+
+# The words that mean "any" and "nothing sent", in the order the server tries them.
+_LAST_WORDS = {
+    "reversedns": ("@",),
+    "sni": ("@", "none"),
+    "alpn": ("@", "none"),
+    "cert": ("@", "none"),
+}
 
 
 def ip_keys(ip: str) -> list[str]:
@@ -74,19 +89,30 @@ def name_keys(name: str) -> list[str]:
 def most_specific_first(key: str) -> tuple[int, str, int, int, str]:
     """Sort key that lists rules in the order a lookup meets them.
 
-    Families come as a lookup tries them (ip4, ip6, reversedns, then any
-    other), and in each the most specific key first: the longest prefix, the
-    name with the most labels, ``reversedns/@`` last. So the first key of a
+    Families come as the server tries them (ALL_FAMILIES, then any other),
+    and in each the most specific key first: the longest prefix, the name
+    with the most labels, ``reversedns/@`` and ``sni/@`` after the names,
+    ``alpn/@`` after the protocols, ``none`` last. So the first key of a
     listing that matches a client is the one that decides for it. A key the
     server never looks up (``ip4/10.1.2.3_8``) comes at the end of its family.
+    Within ``san`` and ``cn``, the values are in text order: the order of one
+    certificate's names is its own.
     """
     family, _, rest = key.partition("/")
-    rank = FAMILIES.index(family) if family in FAMILIES else len(FAMILIES)
-    if family == "reversedns":
-        labels = 0 if rest == "@" else rest.count(".") + 1
-        return rank, family, -labels, 0, rest
+    rank = ALL_FAMILIES.index(family) if family in ALL_FAMILIES else len(ALL_FAMILIES)
     if family in ("ip4", "ip6"):
         return rank, family, *_prefix_order(key), rest
+    words = _LAST_WORDS.get(family, ())
+    if rest in words:
+        return rank, family, 1, words.index(rest), rest
+    if family in ("reversedns", "sni"):
+        # A leading dot is escaped in sni keys (%2E, see tlskeys.escape); it
+        # still starts a label.
+        labels = rest.count(".") + 1 + (family == "sni" and rest.startswith("%2E"))
+        return rank, family, -labels, 0, rest
+    if family == "cert":
+        # cert/ has no key but its words.
+        return rank, family, 2, 0, rest
     return rank, family, 0, 0, rest
 
 

@@ -13,8 +13,11 @@ from pathlib import Path
 import cdbx
 import pytest
 
-from s6tls.rules import Rule, decode
+from s6tls.rules import DirRules, Rule, decode
 from s6tls.rules.cdbfile import CdbRules, write_cdb
+from s6tls.rules.keys import TLS_FAMILIES
+from s6tls.rules.tlskeys import alpn_keys, cert_keys, sni_keys
+from tests.support import der
 
 BIN = Path(sys.executable).parent
 SKARNET_CDB_FROM_FS = "/usr/bin/s6-accessrules-cdb-from-fs"
@@ -370,3 +373,87 @@ def test_decompiler_skips_values_that_are_not_rules(tmp_path: Path) -> None:
     write_cdb(str(tmp_path / "rules.cdb"), {"ip4/ok": b"D", "ip4/odd": b"Xwhatever"})
     assert run(FS_FROM_CDB, "rt", "rules.cdb", cwd=tmp_path).returncode == 0
     assert tree_of(tmp_path / "rt") == {"ip4/ok/deny": b""}
+
+
+# Keys of the TLS stage (SPEC 4b), as the server derives them from what a
+# handshake told: escaped values, with "%", ":", "@", UTF-8 and a component of
+# exactly 255 bytes.
+TLS_CERT = der.hand_cert(
+    subject=der.name((der.CN_OID, 0x0C, "Zoë %".encode())),
+    extensions=[
+        der.sans(
+            der.tlv(0x86, b"spiffe://example.org/ns/x"),
+            der.tlv(0x82, b".evil/../ip4/0.0.0.0_0"),
+            der.tlv(0x81, b"a\xff\0b@example.org"),
+            der.tlv(0x82, b"d" * 251),
+        )
+    ],
+)
+TLS_KEYS = [
+    *sni_keys("www.Example.org."),
+    *sni_keys(None),
+    *alpn_keys(b"http/1.1"),
+    *alpn_keys(None),
+    *cert_keys(TLS_CERT, asked=True),
+    *cert_keys(None, asked=True),
+]
+TLS_TREE = {
+    **{f"{key}/deny": b"" for key in TLS_KEYS[::2]},
+    **{f"{key}/allow": b"" for key in TLS_KEYS[1::2]},
+    **{f"{key}/env/KEY": key.encode() + b"\n" for key in TLS_KEYS[1::2]},
+    f"{TLS_KEYS[1]}/exec": b"prog\n",
+}
+TLS_RULES = {
+    **{key: Rule(allow=False) for key in TLS_KEYS[::2]},
+    **{key: Rule(allow=True, env=(("KEY", key),)) for key in TLS_KEYS[1::2]},
+    TLS_KEYS[1]: Rule(allow=True, env=(("KEY", TLS_KEYS[1]),), exec="prog\n"),
+}
+
+
+def test_tls_keys_are_what_the_tree_holds() -> None:
+    assert "san/URI:spiffe:%2F%2Fexample.org%2Fns%2Fx" in TLS_KEYS
+    assert "san/DNS:%2Eevil%2F..%2Fip4%2F0.0.0.0_0" in TLS_KEYS
+    assert "san/email:a%FF%00b@example.org" in TLS_KEYS
+    assert "cn/Zoë %25" in TLS_KEYS
+    assert f"san/DNS:{'d' * 251}" in TLS_KEYS  # a component of 255 bytes
+    assert len(set(TLS_KEYS)) == len(TLS_KEYS)
+    assert {key.partition("/")[0] for key in TLS_KEYS} == set(TLS_FAMILIES)
+
+
+def test_tls_families_compile_and_decompile(tmp_path: Path) -> None:
+    root = make_tree(tmp_path / "rules", TLS_TREE)
+    directory = DirRules(str(root))
+    for key, rule in TLS_RULES.items():
+        assert directory.get(key) == rule
+    done = run(CDB_FROM_FS, "rules.cdb", "rules", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert {k.decode(): decode(v) for k, v in records(tmp_path / "rules.cdb").items()} == TLS_RULES
+    done = run(FS_FROM_CDB, "rt", "rules.cdb", cwd=tmp_path)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert tree_of(tmp_path / "rt") == TLS_TREE
+
+
+@needs_skarnet
+def test_tls_families_with_skarnet_tools(tmp_path: Path) -> None:
+    # skarnet's tools take any family under the rules directory: a TLS ruleset
+    # goes both ways between theirs and ours, and reads the same in -i and -x.
+    root = make_tree(tmp_path / "rules", TLS_TREE)
+    assert run(SKARNET_CDB_FROM_FS, "theirs.cdb", "rules", cwd=tmp_path).returncode == 0
+    assert run(CDB_FROM_FS, "mine.cdb", "rules", cwd=tmp_path).returncode == 0
+    theirs, mine = records(tmp_path / "theirs.cdb"), records(tmp_path / "mine.cdb")
+    assert sorted(theirs) == sorted(mine) == sorted(key.encode() for key in TLS_KEYS)
+    rules = CdbRules(str(tmp_path / "theirs.cdb"))
+    try:
+        for key, rule in TLS_RULES.items():
+            assert rules.get(key) == rule
+            assert decode(theirs[key.encode()]) == decode(mine[key.encode()]) == rule
+        assert rules.find(sni_keys("x.example.org")) == (
+            "sni/example.org",
+            TLS_RULES["sni/example.org"],
+        )
+    finally:
+        rules.close()
+    assert run(SKARNET_FS_FROM_CDB, "from-mine", "mine.cdb", cwd=tmp_path).returncode == 0
+    assert run(FS_FROM_CDB, "from-theirs", "theirs.cdb", cwd=tmp_path).returncode == 0
+    assert tree_of(tmp_path / "from-mine") == tree_of(tmp_path / "from-theirs") == TLS_TREE
+    assert tree_of(root) == TLS_TREE
