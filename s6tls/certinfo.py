@@ -35,6 +35,7 @@ __all__ = [
     "CertificateError",
     "SanKind",
     "read_certificate",
+    "subject_of",
 ]
 
 MAX_CERTIFICATE = 64 * 1024
@@ -58,16 +59,23 @@ class CertFacts:
     ``spki`` and ``issuer`` are whole DER elements (tag, length, content).
     ``subject_alt_names`` are the dNSName, uniformResourceIdentifier and
     rfc822Name entries in certificate order; other kinds are left out.
-    ``common_names`` are the subject's commonName values in certificate order:
-    BMPString and UniversalString values re-encoded as UTF-8 (kept as they are
-    if they do not decode), every other string type as its bytes.
+    ``subject`` holds the subject's attributes that upstream shows in
+    SSL_PEER_CERT_SUBJECT (C, ST, L, O, OU, CN), by their short names, in
+    certificate order: BMPString and UniversalString values re-encoded as
+    UTF-8 (kept as they are if they do not decode), every other string type
+    as its bytes.
     """
 
     serial: int
     spki: bytes
     issuer: bytes
     subject_alt_names: tuple[tuple[SanKind, bytes], ...]
-    common_names: tuple[bytes, ...]
+    subject: tuple[tuple[str, bytes], ...]
+
+    @property
+    def common_names(self) -> tuple[bytes, ...]:
+        """The subject's commonName values, in certificate order."""
+        return tuple(value for name, value in self.subject if name == "CN")
 
     @property
     def spki_hash(self) -> str:
@@ -89,7 +97,15 @@ _ISSUER_UID = 0x81
 _SUBJECT_UID = 0x82
 _EXTENSIONS = 0xA3
 
-_OID_COMMON_NAME = bytes.fromhex("550403")  # 2.5.4.3
+# The subject attributes upstream shows, by OID (2.5.4.6, 8, 7, 10, 11, 3).
+_SUBJECT_ATTRIBUTES = {
+    bytes.fromhex("550406"): "C",
+    bytes.fromhex("550408"): "ST",
+    bytes.fromhex("550407"): "L",
+    bytes.fromhex("55040a"): "O",
+    bytes.fromhex("55040b"): "OU",
+    bytes.fromhex("550403"): "CN",
+}
 _OID_SUBJECT_ALT_NAME = bytes.fromhex("551d11")  # 2.5.29.17
 
 # GeneralName choices read, as IMPLICIT IA5Strings (primitive).
@@ -132,7 +148,7 @@ def _read_tbs(tbs: _Reader) -> CertFacts:
     tbs.skip(_SEQUENCE, "signature")
     issuer = tbs.element(_SEQUENCE, "issuer")
     tbs.skip(_SEQUENCE, "validity")
-    common_names = _common_names(tbs.inside(_SEQUENCE, "subject"))
+    subject = _subject(tbs.inside(_SEQUENCE, "subject"))
     spki = tbs.element(_SEQUENCE, "subjectPublicKeyInfo")
     for tag, what in ((_ISSUER_UID, "issuerUniqueID"), (_SUBJECT_UID, "subjectUniqueID")):
         if tbs.peek() == tag:
@@ -143,10 +159,20 @@ def _read_tbs(tbs: _Reader) -> CertFacts:
         names = _subject_alt_names(wrapper.inside(_SEQUENCE, "extensions"))
         wrapper.end("extensions")
     tbs.end("tbsCertificate")
-    return CertFacts(serial, spki, issuer, names, common_names)
+    return CertFacts(serial, spki, issuer, names, subject)
 
 
-def _common_names(subject: _Reader) -> tuple[bytes, ...]:
+def subject_of(der: bytes) -> tuple[tuple[str, str], ...] | None:
+    """The subject's C, ST, L, O, OU and CN as text (bytes that are not
+    UTF-8 replaced), for SSL_PEER_CERT_SUBJECT; None if the DER is unreadable."""
+    try:
+        subject = read_certificate(der).subject
+    except CertificateError:
+        return None
+    return tuple((name, value.decode(errors="replace")) for name, value in subject)
+
+
+def _subject(subject: _Reader) -> tuple[tuple[str, bytes], ...]:
     found = []
     while not subject.done():
         rdn = subject.inside(_SET, "RelativeDistinguishedName")
@@ -156,11 +182,12 @@ def _common_names(subject: _Reader) -> tuple[bytes, ...]:
             tag = pair.peek()
             value = pair.content(tag, "attribute value")
             pair.end("AttributeTypeAndValue")
-            if oid == _OID_COMMON_NAME:
+            name = _SUBJECT_ATTRIBUTES.get(oid)
+            if name is not None:
                 if tag in _BYTE_STRINGS:
-                    found.append(value)
+                    found.append((name, value))
                 elif tag in _WIDE_STRINGS:
-                    found.append(_utf8(value, _WIDE_STRINGS[tag]))
+                    found.append((name, _utf8(value, _WIDE_STRINGS[tag])))
     return tuple(found)
 
 

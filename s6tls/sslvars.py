@@ -6,18 +6,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Upstream names these six attributes, always in this order, and no others.
-_SUBJECT_ORDER = (
-    ("countryName", "C"),
-    ("stateOrProvinceName", "ST"),
-    ("localityName", "L"),
-    ("organizationName", "O"),
-    ("organizationalUnitName", "OU"),
-    ("commonName", "CN"),
-)
+_SUBJECT_ORDER = ("C", "ST", "L", "O", "OU", "CN")
 _ESCAPED = ",+=<>#\\\n"
 
-# Python's ssl module describes a subject as RDNs of (attribute, value) pairs.
-Subject = Iterable[Iterable[tuple[str, str]]]
+# A subject as (short attribute name, value) pairs, in certificate order
+# (s6tls.certinfo.subject_of).
+Subject = Iterable[tuple[str, str]]
 
 
 def escape(value: str) -> str:
@@ -28,12 +22,9 @@ def escape(value: str) -> str:
 def subject_string(subject: Subject) -> str:
     """Format a certificate subject as upstream does: ``C=.., O=.., CN=..``."""
     found: dict[str, str] = {}
-    for rdn in subject:
-        for attribute, value in rdn:
-            found.setdefault(attribute, value)
-    return ", ".join(
-        f"{short}={escape(found[long])}" for long, short in _SUBJECT_ORDER if long in found
-    )
+    for attribute, value in subject:
+        found.setdefault(attribute, value)
+    return ", ".join(f"{name}={escape(found[name])}" for name in _SUBJECT_ORDER if name in found)
 
 
 def cert_hash(der: bytes) -> str:
@@ -51,7 +42,7 @@ class TlsInfo:
     cipher: str
     servername: str | None = None
     peer_der: bytes | None = None
-    peer_subject: tuple[tuple[tuple[str, str], ...], ...] | None = None
+    peer_subject: tuple[tuple[str, str], ...] | None = None
     alpn: str | None = None  # the negotiated application protocol
 
     def variables(self) -> dict[str, str]:

@@ -32,6 +32,14 @@ _RECV_BUFFER = shared_buffer(RECV_SIZE)
 _PLAIN_BUFFER = shared_buffer(PLAIN_BATCH)
 
 
+def _subject(der: bytes) -> tuple[tuple[str, str], ...] | None:
+    """The client certificate's subject, read from its DER (ssl's own decoder
+    fails on bytes that are not UTF-8)."""
+    from s6tls.certinfo import subject_of  # with client certificates only
+
+    return subject_of(der)
+
+
 class HandshakeFailed(Exception):
     """The handshake did not complete; the message says why, in one line.
 
@@ -160,14 +168,12 @@ class TlsStream:
         obj = self.ssl
         cipher = obj.cipher()
         der = obj.getpeercert(binary_form=True)
-        decoded = obj.getpeercert() if der else None
-        subject = decoded.get("subject") if decoded else None
         return TlsInfo(
             protocol=obj.version() or "",
             cipher=cipher[0] if cipher else "",
             servername=getattr(obj, "servername", None),
             peer_der=der,
-            peer_subject=subject,  # type: ignore[arg-type]
+            peer_subject=_subject(der) if der else None,
             alpn=obj.selected_alpn_protocol(),
         )
 

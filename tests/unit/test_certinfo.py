@@ -23,6 +23,7 @@ from s6tls.certinfo import (
     CertFacts,
     CertificateError,
     read_certificate,
+    subject_of,
 )
 from s6tls.sslvars import cert_hash
 from tests.support.der import (
@@ -121,8 +122,11 @@ def test_reads_a_real_certificate() -> None:
             ("email", b"ops@example.org"),
             ("DNS", b"*.example.org"),
         ),
-        common_names=(b"client.example.org",),
+        subject=(("C", b"FR"), ("O", b"Example"), ("CN", b"client.example.org")),
     )
+    assert facts.common_names == (b"client.example.org",)
+    assert subject_of(der) == (("C", "FR"), ("O", "Example"), ("CN", "client.example.org"))
+    assert subject_of(der[:-1]) is None
     assert facts.spki_hash == "SHA256:" + hashlib.sha256(SPKI).hexdigest()
 
 

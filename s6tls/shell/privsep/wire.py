@@ -72,29 +72,24 @@ def info_facts(info: TlsInfo) -> dict[str, Any]:
         "cipher": info.cipher,
         "servername": info.servername,
         "peer_der": base64.b64encode(info.peer_der).decode() if info.peer_der else None,
-        "peer_subject": info.peer_subject,
         "alpn": info.alpn,
     }
 
 
 def info_from(facts: Mapping[str, Any]) -> TlsInfo:
     der = _optional(facts.get("peer_der"))
-    subject = facts.get("peer_subject")
-    rdns: tuple[tuple[tuple[str, str], ...], ...] | None = None
-    if subject is not None:
-        if not isinstance(subject, list):
-            raise HelperError("bad request")
-        rdns = tuple(
-            tuple((text(pair[0]), text(pair[1])) for pair in rdn if len(pair) == 2)
-            for rdn in subject
-            if isinstance(rdn, list)
-        )
+    peer_der = base64.b64decode(der) if der else None
+    subject = None
+    if peer_der:
+        from s6tls.certinfo import subject_of  # with client certificates only
+
+        subject = subject_of(peer_der)  # read here, as the server reads it
     return TlsInfo(
         protocol=text(facts.get("protocol")),
         cipher=text(facts.get("cipher")),
         servername=_optional(facts.get("servername")),
-        peer_der=base64.b64decode(der) if der else None,
-        peer_subject=rdns,
+        peer_der=peer_der,
+        peer_subject=subject,
         alpn=_optional(facts.get("alpn")),
     )
 
