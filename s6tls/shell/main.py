@@ -27,6 +27,7 @@ from s6tls.shell.limits import Limits
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
+from s6tls.shell.tls import unraisable
 from s6tls.shell.workers import MAX_WORKERS, Policy, Pool
 from s6tls.tlsconfig import settings_from
 
@@ -139,6 +140,7 @@ def fail(error: S6tlsError, usage: bool = False) -> None:
 def main() -> None:
     # Until the server runs, SIGINT ends it at once, as upstream.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.unraisablehook = unraisable
     env = dict(os.environ)
     try:
         opts = parse(sys.argv[1:])

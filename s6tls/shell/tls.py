@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import socket
 import ssl
+import sys
 from typing import cast
 
 from gevent.event import Event
 from gevent.socket import socket as GeventSocket
 
+from s6tls.logline import PROG, one_line, say
 from s6tls.shell.fdio import read_into, shared_buffer, write_all
 from s6tls.sslvars import TlsInfo
 
@@ -30,6 +32,24 @@ PLAIN_BATCH = 4 * PLAIN_CHUNK
 _RECV_BUFFER = shared_buffer(RECV_SIZE)
 # Where read() decrypts to, likewise (see s6tls.shell.fdio).
 _PLAIN_BUFFER = shared_buffer(PLAIN_BATCH)
+
+
+# Python's ssl reports an SNI name it cannot decode (one that is not ASCII)
+# through sys.unraisablehook, with a traceback, then fails the handshake with
+# CALLBACK_FAILED: the hook below keeps the reason for that handshake's log
+# line instead. It runs inside do_handshake, in the session's own greenlet.
+_unreadable_name: str | None = None
+
+
+def unraisable(hook_args: sys.UnraisableHookArgs) -> None:
+    """sys.unraisablehook: an undecodable SNI name becomes the reason of its
+    handshake's failure; anything else, one warning line (never a traceback)."""
+    global _unreadable_name
+    error = hook_args.exc_value
+    if isinstance(error, UnicodeDecodeError) and isinstance(hook_args.object, bytes):
+        _unreadable_name = f"SNI name not ASCII: {hook_args.object!r}"
+        return
+    say(PROG, "warning", one_line(f"{hook_args.exc_type.__name__}: {error}"))
 
 
 def _subject(der: bytes) -> tuple[tuple[str, str], ...] | None:
@@ -149,11 +169,14 @@ class TlsStream:
             # With OP_IGNORE_UNEXPECTED_EOF a bare FIN reads as a close_notify.
             raise HandshakeFailed("the client closed the connection") from None
         except ssl.SSLError as e:
+            global _unreadable_name
+            reason = getattr(self.ssl, "refusal", None) or _unreadable_name
+            reason = reason or e.reason or e.strerror or str(e)
+            _unreadable_name = None  # read before anything else may run
             try:
                 self.flush()  # the alert, so the client learns why
             except OSError:
                 pass
-            reason = getattr(self.ssl, "refusal", None) or e.reason or e.strerror or str(e)
             code = None
             if isinstance(e, ssl.SSLCertVerificationError):
                 reason, code = f"{reason} ({e.verify_message})", e.verify_code

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -111,6 +112,33 @@ def test_truncated_client_hello_then_stall_times_out(marked):
         elapsed = probes.wait_closed(sock, 8)
     assert elapsed is not None and 1.5 <= elapsed <= 6
     assert m.one_line_for(port) == "handshake timed out"
+    assert not m.ran_for(port)
+    m.serves_next()
+
+
+def client_hello(sni: str) -> bytearray:
+    """A real ClientHello asking for the name sni."""
+    ctx = client.context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return bytearray(outgoing.read())
+
+
+@pytest.mark.parametrize("options", [(), ("-k", "1")])
+def test_an_sni_name_that_is_not_ascii(marked, options):
+    # OpenSSL takes any bytes but NUL; Python's ssl cannot decode them, and
+    # reports it with a traceback unless the server says it in its own words.
+    m = marked(*options)
+    hello = client_hello("placeholder.test")
+    hello[hello.find(b"placeholder.test")] = 0xE9
+    with probes.raw_connect(m.srv.port) as sock:
+        port = sock.getsockname()[1]
+        sock.sendall(bytes(hello))
+        assert probes.wait_closed(sock, 5) is not None
+    line = m.one_line_for(port)
+    assert line == HANDSHAKE_FAILED + "SNI name not ASCII: b'\\xe9laceholder.test'"
     assert not m.ran_for(port)
     m.serves_next()
 
