@@ -43,7 +43,7 @@ def _tls_paths(env: Iterable[tuple[str, str | None]]) -> set[str]:
     return {
         value
         for name, value in env
-        if value and is_tls_variable(name) and name not in ("TLS_UID", "TLS_GID")
+        if value and is_tls_variable(name) and name not in ("TLS_UID", "TLS_GID", "ALPN")
     }
 
 
