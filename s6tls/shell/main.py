@@ -162,6 +162,8 @@ def main() -> None:
     except S6tlsError as e:
         fail(e)
         return
+    # Ready: it listens, and every signal of the reference page gets its
+    # reaction (start() set them up), even before serve() runs the loop.
     if opts.notify:
         notify_ready(port)
     os._exit(serve())
@@ -231,6 +233,8 @@ def start(
     With TLS_UID, root stays in a helper that every serving process talks
     to, nothing that faces the network keeps root, and the processes that
     do are confined (s6tls.shell.confine) before the first worker is forked.
+    The server reacts to its signals once this returns: readiness may be
+    announced.
     """
     limits = Limits(service.options.maxconn, service.options.localmaxconn)
     server = Server(service, listener, limits)
@@ -241,4 +245,5 @@ def start(
     if policy.most > 1:
         server.workers = pool = Pool(server, policy, helper)
         pool.start()
+    server.handle_signals()
     return server.serve

@@ -235,10 +235,16 @@ class Server:
 
     # -- running
 
+    def handle_signals(self) -> None:
+        """React to every signal of REACTIONS from now on, even before serve()
+        runs the event loop: done before readiness is announced."""
+        if not self.signal_handlers:
+            for signum in REACTIONS:
+                self.signal_handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+
     def serve(self) -> int:
         """Serve until a quitting signal; return the exit code."""
-        for signum in REACTIONS:
-            self.signal_handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+        self.handle_signals()
         acceptor = gevent.spawn(self.accept_loop)
         self.quit.wait()
         acceptor.kill()
