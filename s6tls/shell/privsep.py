@@ -71,6 +71,7 @@ from s6tls.rules import Rule, RuleSource, decode
 from s6tls.rules.errors import RulesError
 from s6tls.shell.fdio import to_null
 from s6tls.shell.service import Service
+from s6tls.shell.sigmask import fork_holding, release
 from s6tls.shell.spawn import SpawnFailed, spawn_on, start_on_pipes
 from s6tls.shell.tls import FileIdentity, LocalFiles
 from s6tls.shell.workers import busy_ns
@@ -523,6 +524,9 @@ def _unmoved(_signum: int, _frame: object) -> None:
     pass
 
 
+_GROUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+
+
 def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClient:
     """Fork the root helper; this process's side of its channel.
 
@@ -534,7 +538,7 @@ def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClien
     # own advice, without a collection first, which would leave holes that
     # new objects then fill).
     gc.freeze()
-    pid = os.fork()
+    pid = fork_holding(_GROUP_SIGNALS)  # until the helper has its handlers
     if pid == 0:
         ours.close()
         for fd in not_for_helper:
@@ -544,8 +548,9 @@ def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClien
         # It ends when the last process it serves is gone, not on a signal
         # sent to the whole process group (Ctrl-C, timeout): handled, not
         # ignored, so that the progs it starts get them as they should.
-        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        for signum in _GROUP_SIGNALS:
             signal.signal(signum, _unmoved)
+        release(_GROUP_SIGNALS)
         try:
             paths = service.resolver.paths() if service.resolver else ()
             Helper(theirs, service.options, service.base_env, service.rules, paths).serve()
