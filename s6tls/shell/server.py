@@ -148,7 +148,7 @@ class Server:
         self.listener = listener
         self.limits = limits
         self.announce = announce
-        self.stopped_accepting = stopped_accepting  # a worker tells its supervisor
+        self.stopped_accepting = stopped_accepting  # tells a worker's supervisor, or systemd
         self.sessions = Sessions(service)
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
@@ -249,8 +249,8 @@ class Server:
         self.quit.wait()
         acceptor.kill()
         self.listener.close()
+        self.stopped_accepting()
         if not self.announce:
-            self.stopped_accepting()
             self.sessions.join()
             return 0
         if self.workers:
