@@ -6,8 +6,11 @@ right after readiness must not kill the server.
 
 Each check starts many servers, a few at a time (a start takes ~0.15 s of
 CPU), and signals each one as soon as it is ready, or a random 0-20 ms
-later: before the handlers were installed ahead of readiness, 3 to 16 of 40
-servers died of a SIGHUP sent at once.
+later. Before the handlers were installed ahead of readiness, 35 to 43 of 50
+servers died of a SIGHUP, SIGTERM, SIGQUIT or SIGABRT sent at once; before
+workers and the root helper were forked with those signals blocked, 2 to 4
+of 20 starts lost a worker to a SIGHUP passed on at once, and 10 of 20 lost
+the helper to a SIGHUP sent to the process group.
 """
 
 from __future__ import annotations
@@ -119,6 +122,13 @@ def start_ready_by_notify(
     return srv, None
 
 
+def assert_each(one: Callable[[int], str | None], starts: int) -> None:
+    """Run one(0) ... one(starts - 1), AT_A_TIME at once; each says what went wrong, or None."""
+    with ThreadPoolExecutor(AT_A_TIME) as pool:
+        problems = [p for p in pool.map(one, range(starts)) if p is not None]
+    assert not problems, f"{len(problems)} of {starts}: {problems[:5]}"
+
+
 def signal_at_readiness(
     tmp_path: Path,
     env: Mapping[str, str],
@@ -170,7 +180,7 @@ def test_a_signal_at_once_after_readiness_gets_its_reaction(pki, tmp_path, signu
 
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_signal_0_to_20ms_after_readiness_gets_its_reaction(pki, tmp_path, signum):
-    signal_at_readiness(tmp_path, pki.env(), signum, 15, within_20ms)
+    signal_at_readiness(tmp_path, pki.env(), signum, 10, within_20ms)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="privilege separation needs root")
@@ -178,14 +188,14 @@ def test_a_signal_0_to_20ms_after_readiness_gets_its_reaction(pki, tmp_path, sig
 @pytest.mark.parametrize("delay", [at_once, within_20ms], ids=["at-once", "0-20ms"])
 def test_with_tls_uid_a_signal_after_readiness_gets_its_reaction(pki, tmp_path, signum, delay):
     """The server that reacts is the confined TLS engine, beside its root helper."""
-    signal_at_readiness(tmp_path, {**pki.env(), **SEPARATED}, signum, 10, delay)
+    signal_at_readiness(tmp_path, {**pki.env(), **SEPARATED}, signum, 8, delay)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="privilege separation needs root")
 @pytest.mark.parametrize("signum", SIGNALS, ids=lambda s: signal.Signals(s).name)
 def test_a_signal_at_once_after_ready_1_gets_its_reaction(pki, tmp_path, signum):
     """READY=1 means what -1's line means (as s6tls@.service runs it: TLS_UID)."""
-    signal_at_readiness(tmp_path, {**pki.env(), **SEPARATED}, signum, 10, at_once, "path")
+    signal_at_readiness(tmp_path, {**pki.env(), **SEPARATED}, signum, 6, at_once, "path")
 
 
 def test_sigint_after_readiness_leaves_the_session_to_finish(pki, tmp_path):
@@ -212,9 +222,7 @@ def test_sigint_after_readiness_leaves_the_session_to_finish(pki, tmp_path):
         finally:
             srv.stop()
 
-    with ThreadPoolExecutor(AT_A_TIME) as pool:
-        problems = [p for p in pool.map(one, range(20)) if p is not None]
-    assert not problems, f"{len(problems)} of 20: {problems[:5]}"
+    assert_each(one, 12)
 
 
 def test_workers_started_with_the_server_react_to_a_signal_at_once(pki, tmp_path):
@@ -236,9 +244,7 @@ def test_workers_started_with_the_server_react_to_a_signal_at_once(pki, tmp_path
         finally:
             srv.stop()
 
-    with ThreadPoolExecutor(AT_A_TIME) as pool:
-        problems = [p for p in pool.map(one, range(20)) if p is not None]
-    assert not problems, f"{len(problems)} of 20: {problems[:5]}"
+    assert_each(one, 20)
 
 
 # -- systemd's side: READY=1, STOPPING=1, and nothing of it for prog
@@ -313,6 +319,4 @@ def test_with_tls_uid_the_root_helper_outlives_a_group_signal_at_once(pki, tmp_p
         finally:
             srv.stop()
 
-    with ThreadPoolExecutor(AT_A_TIME) as pool:
-        problems = [p for p in pool.map(one, range(20)) if p is not None]
-    assert not problems, f"{len(problems)} of 20: {problems[:5]}"
+    assert_each(one, 12)
