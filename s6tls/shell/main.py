@@ -24,6 +24,7 @@ from s6tls.shell.contexts import ContextCache
 from s6tls.shell.descriptors import raise_for
 from s6tls.shell.fdio import to_null
 from s6tls.shell.limits import Limits
+from s6tls.shell.readiness import Notifier, notify_address
 from s6tls.shell.server import Server
 from s6tls.shell.service import Service
 from s6tls.shell.spawn import LocalLauncher
@@ -151,21 +152,27 @@ def main() -> None:
         check_environment(opts, env)
         policy = worker_policy(env)
         confined = confinement(env)
+        notify_socket = notify_address(env)  # systemd's, never prog's
         short = raise_for(opts.maxconn)
         listener = handed_in(env) or listen(opts)
         service = build_service(opts, env)
         ids = tls_identity(env)
+        # Now: a confined TLS engine could not connect to it (see start()).
+        notifier = Notifier(notify_socket, service.log.warning)
         ip, port = listener.getsockname()[:2]
         if short:
             service.log.warning(short)
         service.log.info(f"starting - bound to ip {ip} port {port}")
         service.log.info(f"status: 0/{opts.maxconn}")
-        serve = start(service, listener, policy, ids, confined)
+        serve = start(service, listener, policy, ids, confined, notifier)
     except S6tlsError as e:
         fail(e)
         return
+    # Ready: it listens, and every signal of the reference page gets its
+    # reaction (start() set them up), even before serve() runs the loop.
     if opts.notify:
         notify_ready(port)
+    notifier.ready()
     os._exit(serve())
 
 
@@ -227,20 +234,25 @@ def start(
     policy: Policy,
     ids: tuple[int, int] | None,
     confined: bool,
+    notifier: Notifier,
 ) -> Callable[[], int]:
     """Set up the processes that serve; what then serves, returning the exit code.
 
     With TLS_UID, root stays in a helper that every serving process talks
     to, nothing that faces the network keeps root, and the processes that
     do are confined (s6tls.shell.confine) before the first worker is forked.
+    The server reacts to its signals once this returns: readiness may be
+    announced.
     """
     limits = Limits(service.options.maxconn, service.options.localmaxconn)
-    server = Server(service, listener, limits)
+    server = Server(service, listener, limits, stopped_accepting=notifier.stopping)
     helper = None
     if ids:
-        helper = separate(service, *ids, confined, [listener.fileno(), *limits.fds()])
+        not_for_helper = [listener.fileno(), *limits.fds(), *notifier.fds()]
+        helper = separate(service, *ids, confined, not_for_helper)
         gevent.spawn(stop_without, helper, server)
     if policy.most > 1:
         server.workers = pool = Pool(server, policy, helper)
         pool.start()
+    server.handle_signals()
     return server.serve

@@ -148,7 +148,7 @@ class Server:
         self.listener = listener
         self.limits = limits
         self.announce = announce
-        self.stopped_accepting = stopped_accepting  # a worker tells its supervisor
+        self.stopped_accepting = stopped_accepting  # tells a worker's supervisor, or systemd
         self.sessions = Sessions(service)
         self.quit = Event()
         self.quit_signal: int = signal.SIGTERM
@@ -235,16 +235,22 @@ class Server:
 
     # -- running
 
+    def handle_signals(self) -> None:
+        """React to every signal of REACTIONS from now on, even before serve()
+        runs the event loop: done before readiness is announced."""
+        if not self.signal_handlers:
+            for signum in REACTIONS:
+                self.signal_handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+
     def serve(self) -> int:
         """Serve until a quitting signal; return the exit code."""
-        for signum in REACTIONS:
-            self.signal_handlers.append(gevent.signal_handler(signum, self._on_signal, signum))
+        self.handle_signals()
         acceptor = gevent.spawn(self.accept_loop)
         self.quit.wait()
         acceptor.kill()
         self.listener.close()
+        self.stopped_accepting()
         if not self.announce:
-            self.stopped_accepting()
             self.sessions.join()
             return 0
         if self.workers:

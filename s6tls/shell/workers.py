@@ -47,7 +47,8 @@ from s6tls import logline
 from s6tls.shell.descriptors import close_all_but, reserved
 from s6tls.shell.fdio import to_null
 from s6tls.shell.load import busy_ns
-from s6tls.shell.server import Server
+from s6tls.shell.server import REACTIONS, Server
+from s6tls.shell.sigmask import fork_holding, release
 from s6tls.shell.spawn import reap
 
 MAX_WORKERS = 64
@@ -159,7 +160,7 @@ class Pool:
         log = self.server.service.log
         try:
             channel = self.root.channel() if self.root else None
-            pid = os.fork()
+            pid = fork_holding(REACTIONS)  # until the worker reacts to them (_work)
         except OSError as e:
             log.warning(f"unable to start a worker: {e.strerror or e}")
             return
@@ -275,6 +276,8 @@ def _work(server: Server, channel: int | None, alive: int, accepting: int) -> No
             announce=False,
             stopped_accepting=lambda: os.close(accepting),
         )
+        worker.handle_signals()
+        release(REACTIONS)  # held since the fork: now they get their reaction
 
         def orphaned() -> None:
             _wait_end(alive)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import client, units
+from tests.support.notify import notify_socket
 from tests.support.probes import listening
 from tests.support.server import BIN, S6_TLSSERVER, free_port, wait_for
 
@@ -142,7 +143,8 @@ def test_listening_socket_on_fd_0(pki, tmp_path, workers):
 @pytest.mark.skipif(os.geteuid() != 0, reason="the unit's example runs as root (TLS_UID, -u -g)")
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
-    """s6tls@.service's command line, with example.conf, on a socket systemd would pass."""
+    """s6tls@.service's command line, with example.conf, on a socket systemd
+    would pass, and its NOTIFY_SOCKET (Type=notify)."""
     example = (EXAMPLES / "run-systemd" / "example.conf").read_text()
     conf = units.configure(
         example, KEYFILE=str(pki.ec.key), CERTFILE=str(pki.ec.cert), PROG="/usr/bin/env"
@@ -151,9 +153,11 @@ def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
     (tmp_path / "etc" / "s6tls" / "t.conf").write_text(f"{conf}S6TLS_WORKERS={workers}\n")
     argv, env = units.service_command(EXAMPLES / "run-systemd" / "s6tls@.service", "t", tmp_path)
     argv[argv.index("/usr/bin/s6-tlsserver")] = S6_TLSSERVER  # this checkout's
+    notify = notify_socket("path", tmp_path)
+    env["NOTIFY_SOCKET"] = notify.address
     port = free_port()
     log = (tmp_path / "log").open("wb")
-    procs(
+    started = procs(
         [
             "systemd-socket-activate",
             "-l",
@@ -173,6 +177,23 @@ def test_systemd_socket_activation_example(pki, procs, tmp_path, workers):
     assert "LISTEN_FDS" not in got and "LISTEN_PID" not in got
     # env -u: the command line's settings stay out of prog's environment
     assert not units.NOT_FOR_PROG & set(got)
+    # ready, said by the unit's main process (NotifyAccess=main), and only that
+    assert notify.receive() == ("READY=1", started.p.pid)
+    assert "NOTIFY_SOCKET" not in got
+    assert notify.receive(timeout=0.2) is None
+    notify.close()
+
+
+def test_the_unit_waits_for_readiness():
+    """Type=notify: systemctl start returns once s6-tlsserver serves and reacts
+    to its signals; only s6-tlsserver is heard (NotifyAccess=main). The
+    package's unit is this one (debian/ links to it)."""
+    example = EXAMPLES / "run-systemd" / "s6tls@.service"
+    packaged = EXAMPLES.parent / "debian" / "s6tls@.service"
+    assert packaged.read_text() == example.read_text()
+    unit = example.read_text()
+    assert units.directive(unit, "Type") == "notify"
+    assert units.directive(unit, "NotifyAccess") == "main"
 
 
 def example_script(name: str, tmp_path: Path, pki, port: int) -> Path:

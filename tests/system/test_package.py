@@ -423,7 +423,7 @@ def test_service_under_systemd(lab: Lab, pki: PKI) -> None:
     instance(machine.root, "pkgtest-sd", pki, SHOW_ID, port)
     machine.run("systemctl", "start", "s6tls@pkgtest-sd.service")
     try:
-        assert wait_for(lambda: listening(port), timeout=10)
+        assert listening(port)  # Type=notify: started means listening
         assert_served_as_configured(port)
         engine = main_pid(machine, "s6tls@pkgtest-sd.service")
         status = probes.status_fields(machine.run("cat", f"/proc/{engine}/status").stdout)
@@ -453,6 +453,45 @@ def test_service_under_systemd(lab: Lab, pki: PKI) -> None:
         assert not re.findall(r"warning: (?!127\.0\.0\.\d+_\d+: ).*", log)
     finally:
         machine.run("systemctl", "stop", "s6tls@pkgtest-sd.service", check=False)
+
+
+def test_systemctl_start_returns_once_ready(lab: Lab, pki: PKI) -> None:
+    """Type=notify: when systemctl start returns, the server serves and reacts to
+    its signals as documented (a SIGHUP sent at once, as a reload, keeps it
+    serving); systemctl stop ends it at once, and a running session finishes."""
+    machine = lab.get()
+    port = free_port()
+    unit = "s6tls@pkgtest-ready.service"
+    instance(machine.root, "pkgtest-ready", pki, "/bin/cat", port)
+    shown = machine.run("systemctl", "show", "--property=Type,NotifyAccess", unit).stdout
+    assert sorted(shown.split()) == ["NotifyAccess=main", "Type=notify"]
+    try:
+        for _ in range(3):
+            machine.run("systemctl", "start", unit)
+            with client.connect(port) as s:  # at once, no retry: ready means serving
+                assert client.echo(s) == b"ping\n"
+            machine.run("systemctl", "stop", unit)
+        machine.run("systemctl", "start", unit)
+        machine.run("systemctl", "kill", "--kill-whom=main", "--signal=SIGHUP", unit)
+        with client.connect(port) as s:
+            assert client.echo(s) == b"ping\n"
+        with client.connect(port) as session:
+            assert client.echo(session, b"before the stop\n") == b"before the stop\n"
+            machine.run("systemctl", "stop", unit)
+            assert machine.run("systemctl", "is-active", unit, check=False).stdout == "inactive\n"
+            assert probes.refuses(port)
+            assert client.echo(session, b"after the stop\n") == b"after the stop\n"
+            client.half_close(session)
+            assert client.read_all(session) == (b"", "eof")
+
+        def journal() -> str:
+            return machine.run("journalctl", f"--unit={unit}", "--output=cat").stdout
+
+        assert wait_for(lambda: journal().count("info: received SIGTERM, quitting") == 4)
+        assert journal().count("info: received SIGHUP") == 1
+        assert "reception only permitted for main PID" not in journal()  # no one else spoke
+    finally:
+        machine.run("systemctl", "stop", unit, check=False)
 
 
 # Run inside the unit's sandbox: what s6-tlsserver's TLS engine needs to confine

@@ -16,10 +16,14 @@ from s6tls.shell.privsep.client import HelperClient
 from s6tls.shell.privsep.helper import Helper
 from s6tls.shell.privsep.wire import channel
 from s6tls.shell.service import Service
+from s6tls.shell.sigmask import fork_holding, release
 
 
 def _unmoved(_signum: int, _frame: object) -> None:
     pass
+
+
+_GROUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
 
 
 def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClient:
@@ -33,7 +37,7 @@ def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClien
     # own advice, without a collection first, which would leave holes that
     # new objects then fill).
     gc.freeze()
-    pid = os.fork()
+    pid = fork_holding(_GROUP_SIGNALS)  # until the helper has its handlers
     if pid == 0:
         ours.close()
         for fd in not_for_helper:
@@ -43,8 +47,9 @@ def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClien
         # It ends when the last process it serves is gone, not on a signal
         # sent to the whole process group (Ctrl-C, timeout): handled, not
         # ignored, so that the progs it starts get them as they should.
-        for signum in (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM):
+        for signum in _GROUP_SIGNALS:
             signal.signal(signum, _unmoved)
+        release(_GROUP_SIGNALS)
         try:
             paths = service.resolver.paths() if service.resolver else ()
             Helper(theirs, service.options, service.base_env, service.rules, paths).serve()
