@@ -205,6 +205,10 @@ def pairs(results: Results, kinds: Sequence[Kind], plan: Plan) -> list[dict[str,
                 "point": key,
                 "runs": runs,
                 "failed_runs": [r for r in runs if mine[r].get("errors") or base[r].get("errors")],
+                # server processes at the end of each measurement, "server/baseline"
+                "server_processes": {
+                    r: f"{_processes(mine[r])}/{_processes(base[r])}" for r in runs
+                },
             }
             for field in ("rate", "server_cpu_us", "client_cpu_us"):
                 ratios = {
@@ -216,6 +220,10 @@ def pairs(results: Results, kinds: Sequence[Kind], plan: Plan) -> list[dict[str,
                     entry[field] = {"by_run": ratios, **spread(list(ratios.values()))}
             out.append(entry)
     return out
+
+
+def _processes(sample: dict[str, Any]) -> str:
+    return str(sample.get("server_processes", "?"))
 
 
 _PAIR_FIELDS = {
@@ -248,6 +256,14 @@ def pairs_text(results: Results, kinds: Sequence[Kind], plan: Plan) -> str:
                     f"{c['median']:.3f} ({c['min']:.3f}-{c['max']:.3f}){failed}",
                 ]
             )
+        processes = e["server_processes"]
+        rows.append(
+            [
+                f"{labels[e['server']]} / {labels[e['baseline']]}, {e['point']}: processes",
+                *(processes.get(r, "-") for r in runs),
+                "",
+            ]
+        )
     return align(rows)
 
 

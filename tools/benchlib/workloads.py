@@ -213,7 +213,8 @@ class Bench:
         cpu0 = memory.server_cpu(server.pid)
         argv = self.client.argv("sessions", server.port, kind.tls, *options, version=version)
         result = self.client.run(argv, timeout)
-        used = memory.cpu_used(cpu0, memory.server_cpu(server.pid))
+        cpu1 = memory.server_cpu(server.pid)
+        used = memory.cpu_used(cpu0, cpu1)
         total = int(result["total"])
         sample: Sample = {
             "rate": result["rate"],
@@ -226,6 +227,7 @@ class Bench:
             "cipher": result["cipher"],
             "alpn": result.get("alpn", ""),
             "run": self.run_index + 1,  # which run (servers alternate): to pair them
+            "server_processes": len(cpu1),  # at the end (ours grows workers under load)
         }
         if total and used and kind.name != "socat":
             # CPU time per session of the server process and of the progs it reaped
