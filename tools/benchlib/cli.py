@@ -38,16 +38,22 @@ ALPN h2,http/1.1, or present a client certificate, to every server of it):
 ours-alpn (ALPN=h2,http/1.1) against ours; ours-mtls-rules (-y, CAFILE, -x
 with 10,000 certhash/ rules, the client's among them) against ours-mtls (the
 same with only the IP rule). For example
+
   tools/bench --servers ours,ours-alpn --only handshakes
   tools/bench --servers ours-mtls,ours-mtls-rules --only handshakes
-print the ratio of each such pair run by run, and its median.
+
+print each such pair's ratios run by run, and their median.
 """
 
 NEEDS = {"stunnel": "stunnel4", "socat": "socat", "tcpserver": "tcpserver"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tools/bench", description=DESCRIPTION)
+    p = argparse.ArgumentParser(
+        prog="tools/bench",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="3 short runs (about two minutes)")
     size.add_argument("--smoke", action="store_true", help="a tiny run that checks the bench")
@@ -56,8 +62,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         help=f"comma-separated, from {','.join(KINDS)} (default: all but ours-uid and "
-        "ours-uid-open, which need root and measure what confining the TLS engine costs; "
-        "--smoke: ours,stunnel)",
+        "ours-uid-open, which need root and measure what confining the TLS engine costs, "
+        "and ours-alpn, ours-mtls and ours-mtls-rules; --smoke: ours,stunnel)",
     )
     p.add_argument("--runs", type=int, help="runs of the sessions and transfer workloads")
     p.add_argument(
