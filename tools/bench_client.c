@@ -15,7 +15,11 @@
  *       Open N sessions (N at a time in flight), echo one line on each, print a
  *       "ready" line, keep them open until stdin ends, then close them.
  *
- * Common options: --plain (TCP, no TLS), --tls-version 1.2|1.3.
+ * Common options: --plain (TCP, no TLS), --tls-version 1.2|1.3, --alpn LIST
+ * (comma-separated protocols offered by ALPN, e.g. h2,http/1.1), --cert FILE
+ * --key FILE (a client certificate chain and its key, PEM, presented when the
+ * server asks for one). The JSON line says which ALPN protocol the first
+ * session got ("alpn", "" for none).
  * The client's own CPU time (getrusage) is reported, so the bench can show
  * how much of the machine the client took from the servers under test.
  */
@@ -105,21 +109,31 @@ static const char *resume_kind(SSL *ssl) {
     return s && SSL_SESSION_has_ticket(s) ? "TLSv1.2 ticket" : "TLSv1.2 session id";
 }
 
-static char first_protocol[64] = "", first_cipher[128] = "", kind[64] = "";
+static char first_protocol[64] = "", first_cipher[128] = "", first_alpn[256] = "";
+static char kind[64] = "";
 
 static void note_tls(SSL *ssl) {
     if (!first_protocol[0]) {
+        const unsigned char *alpn;
+        unsigned int alpn_len;
         snprintf(first_protocol, sizeof first_protocol, "%s", SSL_get_version(ssl));
         snprintf(first_cipher, sizeof first_cipher, "%s",
                  SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+        SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+        /* A protocol name in JSON: printable ASCII but quote and backslash. */
+        for (unsigned int i = 0; i < alpn_len && i < sizeof first_alpn - 1; i++)
+            first_alpn[i] = alpn[i] > ' ' && alpn[i] < 127 && alpn[i] != '"' && alpn[i] != '\\'
+                                ? (char)alpn[i] : '?';
     }
     if (!kind[0] && SSL_session_reused(ssl))
         snprintf(kind, sizeof kind, "%s", resume_kind(ssl));
 }
 
 static void print_tls(void) {
-    if (plain) printf("\"protocol\": \"TCP\", \"cipher\": \"-\"");
-    else printf("\"protocol\": \"%s\", \"cipher\": \"%s\"", first_protocol, first_cipher);
+    if (plain) printf("\"protocol\": \"TCP\", \"cipher\": \"-\", \"alpn\": \"\"");
+    else
+        printf("\"protocol\": \"%s\", \"cipher\": \"%s\", \"alpn\": \"%s\"", first_protocol,
+               first_cipher, first_alpn);
 }
 
 /* ---- lanes: one session at a time each, all driven by one epoll loop */
@@ -525,6 +539,28 @@ static int run_idle(long count) {
     return 0;
 }
 
+/* "h2,http/1.1" in ALPN's wire form (each name after its length byte); its
+ * length, or 0 when a name is empty or longer than 255 bytes. */
+static unsigned int alpn_wire(const char *list, unsigned char *out, size_t room) {
+    size_t n = 0;
+    for (const char *p = list;;) {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        if (len == 0 || len > 255 || n + 1 + len > room) return 0;
+        out[n++] = (unsigned char)len;
+        memcpy(out + n, p, len);
+        n += len;
+        if (!end) return (unsigned int)n;
+        p = end + 1;
+    }
+}
+
+static void tls_die(const char *what, const char *file) {
+    fprintf(stderr, "bench_client: %s %s: ", what, file);
+    ERR_print_errors_fp(stderr);
+    exit(111);
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: bench_client sessions|transfer|idle HOST PORT [options]\n");
     exit(100);
@@ -535,7 +571,7 @@ int main(int argc, char **argv) {
     const char *mode = argv[1];
     host = argv[2];
     port = atoi(argv[3]);
-    const char *version = NULL;
+    const char *version = NULL, *alpn = NULL, *cert = NULL, *key = NULL;
     long count = 0;
     for (int i = 4; i < argc; i++) {
         const char *a = argv[i];
@@ -545,6 +581,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--half-close")) half_close = 1;
         else if (!v) usage();
         else if (!strcmp(a, "--tls-version")) version = v, i++;
+        else if (!strcmp(a, "--alpn")) alpn = v, i++;
+        else if (!strcmp(a, "--cert")) cert = v, i++;
+        else if (!strcmp(a, "--key")) key = v, i++;
         else if (!strcmp(a, "--conc")) conc = atoi(v), i++;
         else if (!strcmp(a, "--seconds")) seconds = atof(v), i++;
         else if (!strcmp(a, "--warmup")) warmup = atof(v), i++;
@@ -554,7 +593,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--expect")) expect_total = atoll(v), i++;
         else usage();
     }
-    if (conc < 1 || !*line) usage();
+    if (conc < 1 || !*line || !cert != !key) usage();
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
@@ -571,6 +610,20 @@ int main(int argc, char **argv) {
         SSL_CTX_set_read_ahead(ctx, 1);
         if (version && !strcmp(version, "1.2")) SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
         if (version && !strcmp(version, "1.3")) SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+        if (alpn) {
+            unsigned char wire[1024];
+            unsigned int len = alpn_wire(alpn, wire, sizeof wire);
+            if (!len) usage();
+            /* 0 on success, unlike most of OpenSSL */
+            if (SSL_CTX_set_alpn_protos(ctx, wire, len) != 0) tls_die("unable to offer ALPN", alpn);
+        }
+        if (cert) {
+            if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1)
+                tls_die("unable to load the certificate", cert);
+            if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+                SSL_CTX_check_private_key(ctx) != 1)
+                tls_die("unable to load the key", key);
+        }
     }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0) die("epoll_create1");

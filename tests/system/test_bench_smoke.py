@@ -7,7 +7,10 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -165,6 +168,92 @@ def test_workers_mode_measures_each_count(cache):
         assert "!" not in cells, f"{label}: some session failed"
         assert all(NUMBER.match(c) for c in cells), cells
     assert NUMBER.match(_row(stdout, "default ")[2])
+
+
+FEATURES = ("ours", "ours-alpn", "ours-mtls", "ours-mtls-rules")
+
+
+def test_feature_servers_start_and_serve_the_same_client(cache, tmp_path):
+    """The servers that measure ALPN and client-certificate rules, with --only
+    handshakes: each serves, the client offers ALPN and presents its certificate
+    to all of them, and each pair's ratios are printed run by run."""
+    out = tmp_path / "bench.json"
+    servers = ",".join(FEATURES)
+    bench, stdout = _run(cache, "--smoke", "--only", "handshakes", "--servers", servers,
+                         "--json", str(out))  # fmt: skip
+    assert _in_session(bench.pid) == []
+    saved = json.loads(out.read_text())
+    assert set(saved["samples"]) == {"full c=4 TLS 1.3", "full c=4 TLS 1.2"}  # nothing else
+    for key, by_server in saved["samples"].items():
+        assert set(by_server) == set(FEATURES)
+        for server, (sample,) in by_server.items():
+            assert sample["errors"] == 0, (key, server, sample)
+            assert sample["sessions"] == 20
+            # ALPN offered to all, chosen by the one server that has a list
+            assert sample["alpn"] == ("h2" if server == "ours-alpn" else ""), (server, sample)
+    assert "offers ALPN h2,http/1.1, presents a client certificate" in saved["client"]
+    pairs = {(p["server"], p["baseline"], p["point"]) for p in saved["pairs"]}
+    assert pairs == {
+        (server, baseline, f"full c=4 TLS {v}")
+        for server, baseline in (("ours-alpn", "ours"), ("ours-mtls-rules", "ours-mtls"))
+        for v in ("1.3", "1.2")
+    }
+    assert NUMBER.match(_row(stdout, "ours ALPN / ours, full c=4 TLS 1.3: sessions/s")[-2])
+    assert _row(stdout, "ALPN protocol") == ["-", "h2", "-", "-"]
+    assert "ALPN list set vs none" in stdout  # its target
+    assert "KiB per idle session" not in stdout  # --only handshakes
+
+
+def test_certificate_rules_match_the_bench_client(tmp_path):
+    """The mutual-TLS servers as the bench starts them: with the large cdb,
+    the client's certificate finds its own rule (USER); with the IP rule only,
+    none; with -y, a client without a certificate is refused."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from benchlib.certrules import make_rules
+        from benchlib.certs import make_pair
+        from benchlib.servers import KINDS, Setup, free_port, listening
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    pair = make_pair(tmp_path, client=True)
+    assert pair.client is not None
+    rules = make_rules(tmp_path, pair.client.cert)
+    setup = Setup(pair, tmp_path, maxconn=10, rules=rules)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    served.check_hostname = False
+    served.verify_mode = ssl.CERT_NONE
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.check_hostname = False
+    anonymous.verify_mode = ssl.CERT_NONE
+    served.load_cert_chain(pair.client.cert, pair.client.key)
+    for name, user in (("ours-mtls-rules", rules.user), ("ours-mtls", None)):
+        port = free_port()
+        argv, env = KINDS[name].command(setup, port, ["/usr/bin/env"], tmp_path / name)
+        server = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30
+            while not listening(port, server.pid):
+                assert server.poll() is None and time.monotonic() < deadline, name
+                time.sleep(0.05)
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                served.wrap_socket(raw) as tls,
+            ):
+                text = b"".join(iter(lambda: tls.recv(4096), b"")).decode()
+            environ = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+            assert environ.get("USER") == user, (name, text)
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                pytest.raises((ssl.SSLError, OSError)),
+                anonymous.wrap_socket(raw) as tls,
+            ):
+                tls.recv(4096)  # TLS 1.3: the refusal comes after the client's Finished
+        finally:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.communicate()
+    assert rules.matching_key.startswith("certhash/SHA256:")
+    assert rules.rules == 10_000
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import report, scaling
-from benchlib.certs import make_pair
+from benchlib.certrules import RuleFiles, make_rules
+from benchlib.certs import KeyPair, make_pair
 from benchlib.client import Client, ClientError, build
 from benchlib.procs import Interrupted, supervised
-from benchlib.servers import KINDS, OURS, ServerError, Setup
-from benchlib.workloads import PLANS, Bench, Plan
+from benchlib.servers import ALPN, KINDS, OURS, Kind, ServerError, Setup
+from benchlib.workloads import PLANS, Bench, Plan, main_concurrency
 
 DESCRIPTION = """\
 Benchmark s6-tlsserver against stunnel4 (exec mode), socat (OPENSSL-LISTEN,fork
@@ -30,13 +31,29 @@ EXEC) and tcpserver (ucspi-tcp, plain TCP: the ceiling without TLS), all on
 sessions/s and latency with full and resumed handshakes at several
 concurrencies (prog: head -n1), one-session MB/s down, up and echo, and
 server-side memory per idle session (PSS). Servers alternate run by run.
+
+What a TLS feature of ours costs, each server against the same without it
+(not measured unless named; a run that names one has the load client offer
+ALPN h2,http/1.1, or present a client certificate, to every server of it):
+ours-alpn (ALPN=h2,http/1.1) against ours; ours-mtls-rules (-y, CAFILE, -x
+with 10,000 certhash/ rules, the client's among them) against ours-mtls (the
+same with only the IP rule). For example
+
+  tools/bench --servers ours,ours-alpn --only handshakes
+  tools/bench --servers ours-mtls,ours-mtls-rules --only handshakes
+
+print each such pair's ratios run by run, and their median.
 """
 
 NEEDS = {"stunnel": "stunnel4", "socat": "socat", "tcpserver": "tcpserver"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="tools/bench", description=DESCRIPTION)
+    p = argparse.ArgumentParser(
+        prog="tools/bench",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="3 short runs (about two minutes)")
     size.add_argument("--smoke", action="store_true", help="a tiny run that checks the bench")
@@ -45,10 +62,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--servers",
         help=f"comma-separated, from {','.join(KINDS)} (default: all but ours-uid and "
-        "ours-uid-open, which need root and measure what confining the TLS engine costs; "
-        "--smoke: ours,stunnel)",
+        "ours-uid-open, which need root and measure what confining the TLS engine costs, "
+        "and ours-alpn, ours-mtls and ours-mtls-rules; --smoke: ours,stunnel)",
     )
     p.add_argument("--runs", type=int, help="runs of the sessions and transfer workloads")
+    p.add_argument(
+        "--only",
+        choices=("handshakes",),
+        help="handshakes: only full handshakes, at c=16 (--smoke: c=4), in each TLS version "
+        "(or --tls-version's): no resumption, transfers, memory or quiet time",
+    )
     p.add_argument(
         "--workers",
         metavar="LIST",
@@ -112,6 +135,9 @@ def bench(args: argparse.Namespace) -> None:
         plan = dataclasses.replace(plan, runs=args.runs)
     if args.tls_version:
         plan = dataclasses.replace(plan, versions=(args.tls_version,))
+    if args.only == "handshakes":
+        concurrencies = (main_concurrency(plan),)
+        plan = dataclasses.replace(plan, concurrencies=concurrencies, handshakes_only=True)
     everyday = ",".join(k.name for k in KINDS.values() if k.by_default)
     names = (args.servers or ("ours,stunnel" if args.smoke else everyday)).split(",")
     unknown = [n for n in names if n not in KINDS]
@@ -136,10 +162,13 @@ def bench(args: argparse.Namespace) -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="s6tls-bench-") as tmp, supervised() as procs:
         workdir = Path(tmp)
-        pair = make_pair(workdir, rsa=args.rsa)
-        setup = Setup(pair, workdir, maxconn=max(plan.idle + 100, 200), ours=args.ours)
+        mtls = any(k.client_cert for k in kinds)
+        pair = make_pair(workdir, rsa=args.rsa, client=mtls)
+        rules = make_rules(workdir, pair.client.cert) if pair.client else None
+        maxconn = max(plan.idle + 100, 200)
+        setup = Setup(pair, workdir, maxconn=maxconn, ours=args.ours, rules=rules)
         try:
-            client = Client(build(procs), procs)
+            client = Client(build(procs), procs, client_options(kinds, pair))
             results = Bench(plan, kinds, setup, client, procs, say).run()
         except (ClientError, ServerError) as e:
             sys.exit(f"tools/bench: {e}")
@@ -148,10 +177,16 @@ def bench(args: argparse.Namespace) -> None:
     load_after = os.getloadavg()
     versions = _versions()
     entries = report.verdicts(results, plan)
-    print(_header(plan, pair.kind, versions, load_before, load_after, elapsed))
+    print(_header(plan, pair.kind, versions, load_before, load_after, elapsed, kinds))
+    if pair.client is not None or any(k.alpn for k in kinds):
+        print(f"the load client, for every server: {client_text(kinds, pair, rules)}")
     print()
     print(report.table(results, kinds, plan))
     print()
+    pairs = report.pairs_text(results, kinds, plan)
+    if pairs:
+        print(pairs)
+        print()
     print(report.targets_text(entries))
     if args.json:
         document: dict[str, Any] = {
@@ -168,10 +203,40 @@ def bench(args: argparse.Namespace) -> None:
             },
             "samples": results.samples,
             "summary": report.summarize(results),
+            "pairs": report.pairs(results, kinds, plan),
             "targets": entries,
+            "client": client_text(kinds, pair, rules),
             "pids": started,
         }
         Path(args.json).write_text(json.dumps(document, indent=1, ensure_ascii=False) + "\n")
+
+
+def client_options(kinds: list[Kind], pair: KeyPair) -> list[str]:
+    """What the load client does for every server of the run, because one of them needs it."""
+    options = []
+    if any(k.alpn for k in kinds):
+        options += ["--alpn", ALPN]
+    if pair.client is not None:
+        options += ["--cert", str(pair.client.cert), "--key", str(pair.client.key)]
+    return options
+
+
+def client_text(kinds: list[Kind], pair: KeyPair, rules: RuleFiles | None) -> str:
+    """The load client as every server of the run sees it, in words."""
+    said = []
+    if any(k.alpn for k in kinds):
+        said.append(f"offers ALPN {ALPN}")
+    if pair.client is not None:
+        said.append(
+            f"presents a client certificate (CN={pair.client.subject}, {pair.kind}, "
+            "signed by the servers' CAFILE)"
+        )
+    if rules is not None:
+        family = rules.matching_key.split("/")[0]
+        said.append(
+            f"which the {rules.rules:,}-rule cdb matches by its {family}/ key (USER={rules.user})"
+        )
+    return ", ".join(said) if said else "no ALPN, no client certificate"
 
 
 def workers(args: argparse.Namespace, plan: Plan, counts: list[int | None]) -> None:
@@ -228,12 +293,22 @@ def _header(
     before: tuple[float, float, float],
     after: tuple[float, float, float],
     elapsed: float,
+    kinds: list[Kind],
 ) -> str:
     per_point = f"{plan.count} sessions" if plan.count else f"{plan.seconds:g} s"
+    if plan.handshakes_only:
+        what = (
+            f"only full handshakes (--only handshakes), c={plan.concurrencies[0]}, in TLS "
+            f"{' and '.join(plan.versions)}"
+        )
+    else:
+        what = (
+            f"full handshakes in TLS {' and '.join(plan.versions)}, "
+            f"the rest in TLS {plan.versions[0]}"
+        )
     return "\n".join(
         [
-            f"tools/bench ({plan.name}): {certificate}, full handshakes in TLS "
-            f"{' and '.join(plan.versions)}, the rest in TLS {plan.versions[0]}; "
+            f"tools/bench ({plan.name}): {certificate}, {what}; "
             f"{plan.runs} runs alternating servers, {per_point} per sessions point, "
             f"{elapsed:.0f} s in all",
             f"machine: {os.cpu_count()} CPUs, load average {before[0]:.2f} before, "
@@ -245,6 +320,7 @@ def _header(
             f"{versions['stunnel']} (exec mode, debug = err); "
             f"{versions['socat']} (fork, EXEC); tcpserver = ucspi-tcp, plain TCP; "
             f"{versions['openssl']}",
+            *(f"{k.label} = {k.note}" for k in kinds if k.alpn or k.client_cert),
             "cells: median (min-max) over runs; ! = some session failed; "
             "client CPU µs = the load client's (one event-driven process) per session or "
             "per MiB, lowest-highest median over the servers",

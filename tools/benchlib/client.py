@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +55,12 @@ def build(procs: Processes) -> Path:
 class Client:
     """Runs the built client against one port; every run is a registered process."""
 
-    def __init__(self, binary: Path, procs: Processes) -> None:
+    def __init__(self, binary: Path, procs: Processes, tls_options: Sequence[str] = ()) -> None:
+        """tls_options: given to every TLS run (--alpn, --cert and --key), so that
+        every server of a bench run sees the same client."""
         self.binary = binary
         self.procs = procs
+        self.tls_options = list(tls_options)
 
     def argv(
         self, mode: str, port: int, tls: bool, *options: str, version: str | None = None
@@ -65,8 +69,10 @@ class Client:
         argv = [str(self.binary), mode, "127.0.0.1", str(port), *options]
         if not tls:
             argv.append("--plain")
-        elif version:
-            argv += ["--tls-version", version]
+        else:
+            argv += self.tls_options
+            if version:
+                argv += ["--tls-version", version]
         return argv
 
     def run(self, argv: list[str], timeout: float) -> dict[str, Any]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from benchlib.certrules import CERT_RULES
 from benchlib.servers import Kind
 from benchlib.workloads import Plan, Results, main_concurrency, point_key
 
@@ -23,7 +24,12 @@ def summarize(results: Results) -> dict[str, dict[str, dict[str, Cell]]]:
     out: dict[str, dict[str, dict[str, Cell]]] = {}
     for key, by_server in results.samples.items():
         for server, samples in by_server.items():
-            fields = {f for s in samples for f, v in s.items() if isinstance(v, int | float)}
+            fields = {
+                f
+                for s in samples
+                for f, v in s.items()
+                if isinstance(v, int | float) and f != "run"  # which run: not a figure
+            }
             out.setdefault(key, {})[server] = {
                 f: spread([float(s[f]) for s in samples if f in s]) for f in sorted(fields)
             }
@@ -159,17 +165,106 @@ def table(results: Results, kinds: Sequence[Kind], plan: Plan) -> str:
     body: list[list[str]] = [
         ["protocol", *(_first(results, k.name, "protocol") for k in servers), ""],
         ["cipher", *(_first(results, k.name, "cipher") for k in servers), ""],
-        [
-            "resumption (share resumed)",
-            *(_resumption(results, k.name, plan) if k.tls else "-" for k in servers),
-            "",
-        ],
     ]
+    if any(s.get("alpn") for by in results.samples.values() for v in by.values() for s in v):
+        body.append(["ALPN protocol", *(_first(results, k.name, "alpn") for k in servers), ""])
+    if not plan.handshakes_only:
+        resumption = (_resumption(results, k.name, plan) if k.tls else "-" for k in servers)
+        body.append(["resumption (share resumed)", *resumption, ""])
     for row in _rows(plan):
+        if not any(row.field in s for by in results.samples.get(row.key, {}).values() for s in by):
+            continue  # not measured in this run (--only, or no server it applies to)
         cells = [cell(results, row.key, row.field, k.name) for k in servers]
         cpu = _client_cpu(results, row.key) if row.client_cpu else ""
         body.append([row.label, *cells, cpu])
     return align([header, *body])
+
+
+def pairs(results: Results, kinds: Sequence[Kind], plan: Plan) -> list[dict[str, Any]]:
+    """For each server measured with its baseline (Kind.baseline), at each
+    sessions point: the ratio of its figure to the baseline's in each run (the
+    two measured one after the other, in alternating order), and their spread."""
+    names = {k.name for k in kinds}
+    out: list[dict[str, Any]] = []
+    for kind in kinds:
+        if not kind.baseline or kind.baseline not in names:
+            continue
+        for key, by_server in results.samples.items():
+            if not key.startswith(("full", "resumed")):
+                continue
+            mine, base = (
+                {s["run"]: s for s in by_server.get(name, []) if "run" in s}
+                for name in (kind.name, kind.baseline)
+            )
+            runs = sorted(mine.keys() & base.keys())
+            if not runs:
+                continue
+            entry: dict[str, Any] = {
+                "server": kind.name,
+                "baseline": kind.baseline,
+                "point": key,
+                "runs": runs,
+                "failed_runs": [r for r in runs if mine[r].get("errors") or base[r].get("errors")],
+                # server processes at the end of each measurement, "server/baseline"
+                "server_processes": {
+                    r: f"{_processes(mine[r])}/{_processes(base[r])}" for r in runs
+                },
+            }
+            for field in ("rate", "server_cpu_us", "client_cpu_us"):
+                ratios = {
+                    r: float(mine[r][field]) / float(base[r][field])
+                    for r in runs
+                    if mine[r].get(field) and base[r].get(field)
+                }
+                if ratios:
+                    entry[field] = {"by_run": ratios, **spread(list(ratios.values()))}
+            out.append(entry)
+    return out
+
+
+def _processes(sample: dict[str, Any]) -> str:
+    return str(sample.get("server_processes", "?"))
+
+
+_PAIR_FIELDS = {
+    "rate": "sessions/s",
+    "server_cpu_us": "server CPU µs/session",
+    "client_cpu_us": "client CPU µs/session",
+}
+
+
+def pairs_text(results: Results, kinds: Sequence[Kind], plan: Plan) -> str:
+    """The pairs as a table of ratios run by run ("" when the run has no pair)."""
+    entries = pairs(results, kinds, plan)
+    if not entries:
+        return ""
+    labels = {k.name: k.label for k in kinds}
+    runs = list(range(1, plan.runs + 1))
+    header = "ratio (server / its baseline, same run)"
+    rows = [[header, *(f"run {r}" for r in runs), "median (min-max)"]]
+    for e in entries:
+        for field, what in _PAIR_FIELDS.items():
+            if field not in e:
+                continue
+            by_run = e[field]["by_run"]
+            failed = " !" if e["failed_runs"] else ""
+            c = e[field]
+            rows.append(
+                [
+                    f"{labels[e['server']]} / {labels[e['baseline']]}, {e['point']}: {what}",
+                    *(f"{by_run[r]:.3f}" if r in by_run else "-" for r in runs),
+                    f"{c['median']:.3f} ({c['min']:.3f}-{c['max']:.3f}){failed}",
+                ]
+            )
+        processes = e["server_processes"]
+        rows.append(
+            [
+                f"{labels[e['server']]} / {labels[e['baseline']]}, {e['point']}: processes",
+                *(processes.get(r, "-") for r in runs),
+                "",
+            ]
+        )
+    return align(rows)
 
 
 @dataclass(frozen=True)
@@ -215,6 +310,21 @@ def targets(plan: Plan) -> tuple[Target, ...]:
             "Nagle on (-d) vs -D, sessions/s c=1",
             point_key(False, 1, v), "rate", True, 0.9, "ours", "ours-D",
         ),
+        *(
+            Target(
+                f"ALPN list set vs none: full handshakes/s, c={c}, TLS {version}",
+                point_key(False, c, version), "rate", True, 0.97, "ours-alpn", "ours",
+            )
+            for version in plan.versions
+        ),
+        *(
+            Target(
+                f"{CERT_RULES:,} certificate rules vs none: mTLS handshakes/s, c={c}, "
+                f"TLS {version}",
+                point_key(False, c, version), "rate", True, 0.95, "ours-mtls-rules", "ours-mtls",
+            )
+            for version in plan.versions
+        ),
     )  # fmt: skip
 
 
@@ -226,7 +336,12 @@ def _median(results: Results, key: str, server: str, field: str) -> float | None
 def verdicts(results: Results, plan: Plan) -> list[dict[str, Any]]:
     """Each target's measured value, and whether it is met (by how much not)."""
     out: list[dict[str, Any]] = []
+    ran = {server for by_server in results.samples.values() for server in by_server}
     for t in targets(plan):
+        if t.numerator not in ran or (t.compare != "value" and t.denominator not in ran):
+            continue  # a server this run did not start
+        if t.key not in results.samples:
+            continue  # a measurement this run did not make (--only)
         num = _median(results, t.key, t.numerator, t.field)
         den = _median(results, t.key, t.denominator, t.field)
         shown = {"ratio": f"{t.numerator}/{t.denominator}", "value": t.numerator}

@@ -20,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from benchlib import memory
+from benchlib.certrules import CERT_RULES, RuleFiles
 from benchlib.certs import KeyPair
 from benchlib.procs import Processes
 
 BACKLOG = 4096
 NOBODY = "65534"
 OURS = str(Path(sys.executable).parent / "s6-tlsserver")
+ALPN = "h2,http/1.1"  # what ours-alpn serves, and the client offers in a run with it
 
 
 class ServerError(Exception):
@@ -40,6 +42,7 @@ class Setup:
     workdir: Path
     maxconn: int  # sessions a server must hold at once (the idle workload's N, and more)
     ours: str = OURS  # the s6-tlsserver command under test
+    rules: RuleFiles | None = None  # the cdb files of the mutual-TLS servers (client in pair)
 
 
 @dataclass
@@ -69,6 +72,11 @@ class Kind:
     command: Callable[[Setup, int, Sequence[str], Path], Launch]
     note: str = ""
     by_default: bool = True  # measured when --servers does not name the servers
+    # What this server needs of the load client, which then does it for every
+    # server of the run, so that the servers compared see the same client:
+    alpn: bool = False  # offer ALPN (h2,http/1.1)
+    client_cert: bool = False  # present a client certificate (the bench makes a CA for it)
+    baseline: str = ""  # the server this one is compared with, run by run (the pairs' ratios)
 
 
 def _base_env() -> dict[str, str]:
@@ -76,9 +84,10 @@ def _base_env() -> dict[str, str]:
 
 
 def _ours(
-    nodelay: bool, workers: int | None = None, **more_env: str
+    nodelay: bool, workers: int | None = None, mtls: str = "", **more_env: str
 ) -> Callable[[Setup, int, Sequence[str], Path], Launch]:
-    """s6-tlsserver; workers: S6TLS_WORKERS (None: unset, as the load needs)."""
+    """s6-tlsserver; workers: S6TLS_WORKERS (None: unset, as the load needs);
+    mtls: "ip-only" or "certificates": -y, CAFILE and -x with that cdb."""
 
     def command(setup: Setup, port: int, prog: Sequence[str], _conf: Path) -> Launch:
         limits = ["-c", str(setup.maxconn), "-C", str(setup.maxconn)]
@@ -86,6 +95,13 @@ def _ours(
         env = {**_base_env(), "KEYFILE": str(setup.pair.key), "CERTFILE": str(setup.pair.cert)}
         if workers is not None:
             env["S6TLS_WORKERS"] = str(workers)
+        if mtls:
+            client, rules = setup.pair.client, setup.rules
+            if client is None or rules is None:
+                raise ServerError("a mutual-TLS server needs the bench's CA and rules")
+            cdb = rules.ip_only if mtls == "ip-only" else rules.certificates
+            argv += ["-y", "-x", str(cdb)]
+            env["CAFILE"] = str(client.ca)
         return [*argv, "127.0.0.1", str(port), *prog], env | more_env
 
     return command
@@ -158,6 +174,39 @@ KINDS: dict[str, Kind] = {
             _ours(False, 1, TLS_UID=NOBODY, TLS_GID=NOBODY, S6TLS_CONFINE="0"),
             "the same with S6TLS_CONFINE=0",
             by_default=False,
+        ),
+        # What the TLS features of SPEC 4b cost a full handshake, each against
+        # the same server without it (the client offers ALPN, or presents its
+        # certificate, to every server of such a run).
+        Kind(
+            "ours-alpn",
+            "ours ALPN",
+            True,
+            _ours(False, ALPN=ALPN),
+            f"s6-tlsserver with ALPN={ALPN}",
+            by_default=False,
+            alpn=True,
+            baseline="ours",
+        ),
+        Kind(
+            "ours-mtls",
+            "ours -y",
+            True,
+            _ours(False, mtls="ip-only"),
+            "s6-tlsserver -y, CAFILE, -x with the IP rule ip4/0.0.0.0_0 only",
+            by_default=False,
+            client_cert=True,
+        ),
+        Kind(
+            "ours-mtls-rules",
+            "ours -y rules",
+            True,
+            _ours(False, mtls="certificates"),
+            f"s6-tlsserver -y, CAFILE, -x with the IP rule and {CERT_RULES:,} certhash/ "
+            "rules (env/USER), the client's among them",
+            by_default=False,
+            client_cert=True,
+            baseline="ours-mtls",
         ),
         Kind("stunnel", "stunnel", True, _stunnel, "stunnel4, exec mode, debug = err"),
         Kind("socat", "socat", True, _socat, "socat OPENSSL-LISTEN,fork EXEC"),

@@ -45,6 +45,7 @@ class Plan:
     versions: tuple[str, ...] = ("1.3", "1.2")  # TLS versions of the full handshakes
     quiet_load: float = 5.0  # seconds of load before the quiet measurement
     quiet: float = 30.0  # seconds without a connection before it
+    handshakes_only: bool = False  # --only handshakes: the full-handshake points, nothing else
 
 
 MIB = 1 << 20
@@ -122,6 +123,7 @@ class Bench:
         self.say = say
         self.results = Results()
         self.progs = _progs(setup.workdir, plan)
+        self.run_index = 0  # the run under way: sessions samples carry it, to pair servers
 
     # -- the plan
 
@@ -130,6 +132,8 @@ class Bench:
         full handshakes in every version, resumed ones in the first."""
         plan = self.plan
         full = [(False, c, v) for v in plan.versions for c in plan.concurrencies]
+        if plan.handshakes_only:
+            return full
         return full + [(True, c, plan.versions[0]) for c in plan.concurrencies]
 
     def _runs_at(self, kind: Kind, resume: bool, conc: int, version: str) -> bool:
@@ -144,6 +148,8 @@ class Bench:
 
     def run(self) -> Results:
         bulk = [k for k in self.kinds if k.name not in ("ours-D", "ours-1", "ours-2")]
+        if self.plan.handshakes_only:
+            bulk = []
         wanted = [(k, "line") for k in self.kinds]
         wanted += [(k, w) for k in bulk for w in ("down", "up", "echo")]
         started = start_all([(k, self.progs[w], w) for k, w in wanted], self.setup, self.procs)
@@ -151,6 +157,7 @@ class Bench:
         line = {k.name: by[(k.name, "line")] for k in self.kinds}
         streams = {key: server for key, server in by.items() if key[1] != "line"}
         for run in range(self.plan.runs):
+            self.run_index = run
             self.say(f"run {run + 1}/{self.plan.runs}: sessions")
             for resume, conc, version in self.points():
                 key = point_key(resume, conc, version)
@@ -159,7 +166,8 @@ class Bench:
                         self._guarded(
                             key, kind, self._sessions, kind, line[kind.name], conc, resume, version
                         )
-            self.say(f"run {run + 1}/{self.plan.runs}: one-session transfers")
+            if bulk:
+                self.say(f"run {run + 1}/{self.plan.runs}: one-session transfers")
             for workload in ("down", "up", "echo"):
                 for kind in rotated(bulk, run):
                     server = streams[(kind.name, workload)]
@@ -168,12 +176,12 @@ class Bench:
             self.procs.stop(running.proc)
         # tcpserver keeps nothing per connection (prog is its fork): no memory figure.
         held = [k for k in bulk if k.tls]
-        for run in range(self.plan.memory_runs):
+        for run in range(self.plan.memory_runs if held else 0):
             self.say(f"memory {run + 1}/{self.plan.memory_runs}: {self.plan.idle} idle sessions")
             for kind in rotated(held, run):
                 self._guarded("idle", kind, self._idle, kind, run)
         quiet = [k for k in self.kinds if k.name in ("ours", "ours-1")]
-        if quiet:
+        if quiet and not self.plan.handshakes_only:
             self.say(f"after {self.plan.quiet_load:g} s of load and {self.plan.quiet:g} s quiet")
             self._guarded("quiet", quiet[0], self._quiet, quiet)
         return self.results
@@ -205,7 +213,8 @@ class Bench:
         cpu0 = memory.server_cpu(server.pid)
         argv = self.client.argv("sessions", server.port, kind.tls, *options, version=version)
         result = self.client.run(argv, timeout)
-        used = memory.cpu_used(cpu0, memory.server_cpu(server.pid))
+        cpu1 = memory.server_cpu(server.pid)
+        used = memory.cpu_used(cpu0, cpu1)
         total = int(result["total"])
         sample: Sample = {
             "rate": result["rate"],
@@ -216,6 +225,9 @@ class Bench:
             "client_cpu": _share(result),
             "protocol": result["protocol"],
             "cipher": result["cipher"],
+            "alpn": result.get("alpn", ""),
+            "run": self.run_index + 1,  # which run (servers alternate): to pair them
+            "server_processes": len(cpu1),  # at the end (ours grows workers under load)
         }
         if total and used and kind.name != "socat":
             # CPU time per session of the server process and of the progs it reaped
