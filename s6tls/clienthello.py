@@ -81,6 +81,7 @@ _CHANGE_CIPHER_SPEC, _ALERT, _HANDSHAKE, _APPLICATION_DATA = 20, 21, 22, 23
 _CLIENT_HELLO = 1
 _MAX_RECORD = 1 << 14
 _SERVER_NAME, _ALPN, _SUPPORTED_VERSIONS = 0, 16, 43
+_READ = frozenset((_SERVER_NAME, _ALPN, _SUPPORTED_VERSIONS))
 
 
 def read_client_hello(
@@ -151,10 +152,11 @@ class _Cursor:
         return len(self.data) - self.pos
 
     def take(self, size: int) -> bytes:
-        if size > self.left():
+        start = self.pos
+        self.pos = end = start + size
+        if end > len(self.data):
             raise ClientHelloError(f"{self.what} truncated")
-        self.pos += size
-        return self.data[self.pos - size : self.pos]
+        return self.data[start:end]
 
     def number(self, size: int) -> int:
         return int.from_bytes(self.take(size), "big")
@@ -182,12 +184,7 @@ def _parse_hello(body: bytes, end: int) -> ClientHello:
     hello.vector(1, 1, 0xFF, "compression methods")
     extensions: dict[int, _Cursor] = {}
     if hello.left():  # TLS 1.2 lets a ClientHello end here
-        block = hello.vector(2, 0, 0xFFFF, "extensions")
-        while block.left():
-            kind = block.number(2)
-            if kind in extensions:
-                raise ClientHelloError(f"extension {kind} sent twice")
-            extensions[kind] = block.vector(2, 0, 0xFFFF, f"extension {kind}")
+        extensions = _extensions(hello.vector(2, 0, 0xFFFF, "extensions").data)
     hello.done()
     sni = extensions.get(_SERVER_NAME)
     alpn = extensions.get(_ALPN)
@@ -199,6 +196,31 @@ def _parse_hello(body: bytes, end: int) -> ClientHello:
         supported_versions=None if versions is None else _versions(versions),
         end=end,
     )
+
+
+def _extensions(block: bytes) -> dict[int, _Cursor]:
+    """The extensions this module reads, each as a cursor; the others are
+    only framed (a ClientHello holds a dozen or more: this loop is most of
+    the reader's time, so it reads the framing inline)."""
+    wanted: dict[int, _Cursor] = {}
+    seen = set()
+    pos, stop = 0, len(block)
+    while pos < stop:
+        if stop - pos < 2:
+            raise ClientHelloError("extensions truncated")
+        kind = block[pos] << 8 | block[pos + 1]
+        if kind in seen:
+            raise ClientHelloError(f"extension {kind} sent twice")
+        seen.add(kind)
+        if stop - pos < 4:
+            raise ClientHelloError("extensions truncated")
+        start = pos + 4
+        pos = start + (block[pos + 2] << 8 | block[pos + 3])
+        if pos > stop:
+            raise ClientHelloError("extensions truncated")
+        if kind in _READ:
+            wanted[kind] = _Cursor(block[start:pos], f"extension {kind}")
+    return wanted
 
 
 def _server_name(extension: _Cursor) -> bytes:
