@@ -104,10 +104,12 @@ class Sessions:
                 for signum in signums:
                     session.child.signal(signum)
 
-    def detach(self) -> None:
-        """This process quits now: a forked copy finishes the running sessions."""
+    def detach(self, in_copy: Callable[[], None]) -> None:
+        """This process quits now: a forked copy finishes the running sessions
+        (and first calls in_copy)."""
         if self.running and fork_gevent() == 0:
             self.service.log.verbosity = 0
+            in_copy()
             self.join()
             os._exit(0)
 
@@ -255,7 +257,9 @@ class Server:
             return 0
         if self.workers:
             self.workers.stop()
-        self.sessions.detach()
+        # The copy that drains passes no signal on: the workers get their
+        # own, and their pids may be reused by then.
+        self.sessions.detach(in_copy=partial(setattr, self, "workers", None))
         if self.workers:
             self.workers.wait_stopped()
         if self.quit_signal == signal.SIGINT:

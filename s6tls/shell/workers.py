@@ -196,7 +196,15 @@ class Pool:
 
     def _scale(self) -> None:
         """Add workers while every serving process is saturated; retire the
-        newest once the load of the last samples fits in fewer."""
+        newest once the load of the last samples fits in fewer. The load is
+        read through the root helper, with TLS_UID: once it is gone, the
+        server stops (exit 111), and so does this."""
+        try:
+            self._follow_the_load()
+        except OSError:
+            pass
+
+    def _follow_the_load(self) -> None:
         loads: deque[float] = deque(maxlen=QUIET_SAMPLES)
         me = os.getpid()
         busy, then = self.busy_ns([me]), time.monotonic()

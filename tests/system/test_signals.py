@@ -112,6 +112,25 @@ def test_the_root_helper_outlives_a_signal_to_the_process_group(server, pki, sig
     assert wait_for(lambda: not probes.session_members(srv.pid))
 
 
+@pytest.mark.open_engine_only  # it sets TLS_UID itself
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root helper comes with TLS_UID, as root")
+def test_the_root_helper_outlives_sigabrt_to_the_process_group(server, pki):
+    """SIGABRT to the group: the helper stays to kill the progs as the server
+    asks, and the server exits 0 as on its own SIGABRT, not 111 for a helper
+    that died before it."""
+    proof = ("/bin/sh", "-c", "trap '' ABRT; exec cat")
+    env = {**pki.env(), "TLS_UID": "65534", "TLS_GID": "65534"}
+    srv = server("-v", "-H", "127.0.0.1", "0", *proof, env=env)
+    (s,) = open_sessions(srv, 1)
+    os.killpg(srv.pid, signal.SIGABRT)
+    assert exit_code(srv) == 0
+    assert client.read_all(s)[0] == b""  # killed by the SIGKILL the server sent
+    s.close()
+    assert wait_for(lambda: not probes.session_members(srv.pid))
+    assert f"{INFO}received SIGABRT, sending SIGKILL to all connections and quitting" in srv.lines()
+    assert not [line for line in srv.lines() if "fatal" in line or "Traceback" in line]
+
+
 def test_sighup_terminates_progs_and_keeps_serving(server):
     srv = server("-v", "-H", "127.0.0.1", "0", CAT)
     sessions = open_sessions(srv)

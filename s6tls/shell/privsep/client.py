@@ -116,14 +116,22 @@ class HelperClient:
             raise HelperError(reply["error"])
         return reply  # type: ignore[no-any-return]
 
+    # The worker pool's calls: a refusal is an OSError, as the system's would be.
     def channel(self) -> int:
         """A new channel to the helper, for a worker process to use as its own."""
-        (fd,) = self.call({"op": "channel"})["fds"]
+        (fd,) = self._pool_call({"op": "channel"})["fds"]
         return int(fd)
 
     def busy_ns(self, pids: list[int]) -> dict[int, int]:
         """How long each process ran or waited to run (s6tls.shell.load.busy_ns)."""
-        return dict(zip(pids, self.call({"op": "busy", "pids": pids})["busy"], strict=True))
+        busy = self._pool_call({"op": "busy", "pids": pids})["busy"]
+        return dict(zip(pids, busy, strict=True))
+
+    def _pool_call(self, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.call(request)
+        except HelperError as e:
+            raise OSError(errno.EPIPE, str(e)) from None
 
     # Launcher
     def launch(

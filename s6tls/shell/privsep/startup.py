@@ -23,7 +23,7 @@ def _unmoved(_signum: int, _frame: object) -> None:
     pass
 
 
-_GROUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+_GROUP_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGABRT)
 
 
 def start_helper(service: Service, not_for_helper: Iterable[int]) -> HelperClient:
