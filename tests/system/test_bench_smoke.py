@@ -170,7 +170,7 @@ def test_workers_mode_measures_each_count(cache):
     assert NUMBER.match(_row(stdout, "default ")[2])
 
 
-FEATURES = ("ours", "ours-alpn", "ours-mtls", "ours-mtls-rules")
+FEATURES = ("ours-1", "ours-alpn", "ours-mtls", "ours-mtls-rules")
 
 
 def test_feature_servers_start_and_serve_the_same_client(cache, tmp_path):
@@ -195,10 +195,10 @@ def test_feature_servers_start_and_serve_the_same_client(cache, tmp_path):
     pairs = {(p["server"], p["baseline"], p["point"]) for p in saved["pairs"]}
     assert pairs == {
         (server, baseline, f"full c=4 TLS {v}")
-        for server, baseline in (("ours-alpn", "ours"), ("ours-mtls-rules", "ours-mtls"))
+        for server, baseline in (("ours-alpn", "ours-1"), ("ours-mtls-rules", "ours-mtls"))
         for v in ("1.3", "1.2")
     }
-    assert NUMBER.match(_row(stdout, "ours ALPN / ours, full c=4 TLS 1.3: sessions/s")[-2])
+    assert NUMBER.match(_row(stdout, "ours ALPN / ours N=1, full c=4 TLS 1.3: sessions/s")[-2])
     assert _row(stdout, "ALPN protocol") == ["-", "h2", "-", "-"]
     assert "ALPN list set vs none" in stdout  # its target
     assert "KiB per idle session" not in stdout  # --only handshakes

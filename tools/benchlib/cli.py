@@ -35,11 +35,11 @@ server-side memory per idle session (PSS). Servers alternate run by run.
 What a TLS feature of ours costs, each server against the same without it
 (not measured unless named; a run that names one has the load client offer
 ALPN h2,http/1.1, or present a client certificate, to every server of it):
-ours-alpn (ALPN=h2,http/1.1) against ours; ours-mtls-rules (-y, CAFILE, -x
+ours-alpn (ALPN=h2,http/1.1) against ours-1; ours-mtls-rules (-y, CAFILE, -x
 with 10,000 certhash/ rules, the client's among them) against ours-mtls (the
 same with only the IP rule). For example
 
-  tools/bench --servers ours,ours-alpn --only handshakes
+  tools/bench --servers ours-1,ours-alpn --only handshakes
   tools/bench --servers ours-mtls,ours-mtls-rules --only handshakes
 
 print each such pair's ratios run by run, and their median.

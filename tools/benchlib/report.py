@@ -313,7 +313,7 @@ def targets(plan: Plan) -> tuple[Target, ...]:
         *(
             Target(
                 f"ALPN list set vs none: full handshakes/s, c={c}, TLS {version}",
-                point_key(False, c, version), "rate", True, 0.97, "ours-alpn", "ours",
+                point_key(False, c, version), "rate", True, 0.97, "ours-alpn", "ours-1",
             )
             for version in plan.versions
         ),
