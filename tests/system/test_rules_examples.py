@@ -500,5 +500,7 @@ def test_two_services_by_sni(mail_service: MailService, pki: PKI) -> None:
     log = mail_service.running
     assert log.wait_log("no application protocol in common (offered: h2, http/1.1)")
     assert log.wait_log("no application protocol in common (offered: http/1.1)")
+    assert log.wait_log("handshake: no certificate for SNI name www.example.org")
+    assert log.wait_log("handshake: no SNI name sent")
     assert mail_service.started() == ["imapd", "submissiond", "imapd", "submissiond"]
     assert "Traceback" not in log.log()
