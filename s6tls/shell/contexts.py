@@ -94,6 +94,10 @@ def _on_client_hello(
     if chosen is not None:
         obj.context = chosen
     elif required:
+        if isinstance(obj, ServerSSLObject):  # else the log line says CALLBACK_FAILED
+            obj.refusal = (
+                f"no certificate for SNI name {servername}" if servername else "no SNI name sent"
+            )
         return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
     return None
 

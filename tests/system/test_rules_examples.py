@@ -11,6 +11,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,10 +19,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support import client
-from tests.support.server import BIN
+from tests.support.server import BIN, S6_TLSSERVER, Running, free_port, run_command
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
+    from tests.support.certs import Pair
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -257,3 +259,248 @@ def test_imported_from_tcprules(server: ServerFactory, tmp_path: Path) -> None:
             if line.startswith(prefix):
                 name, _, value = line[len(prefix) :].partition("=")
                 assert s.env[name] == value
+
+
+# --- two-services-by-sni/: a whole service, run by its own run script ------------
+
+SERVICE = EXAMPLES / "two-services-by-sni"
+MAIL_NAMES = ("imap.example.org", "smtp.example.org")
+# Stand-ins for the programs the exec files name: an IMAP and a submission
+# server that greet with the name and protocol the client got, answer LOGOUT
+# or QUIT, and add a line to MARKER each time one starts.
+IMAPD = r"""#!/bin/sh
+echo imapd >> MARKER
+printf '* OK [CAPABILITY IMAP4rev1] %s ready, alpn %s\r\n' \
+  "$SSL_TLS_SNI_SERVERNAME" "${SSL_ALPN_PROTOCOL:-none}"
+while IFS= read -r line; do
+  tag=${line%% *}
+  case $line in
+    *LOGOUT*) printf '* BYE\r\n%s OK LOGOUT completed\r\n' "$tag"; exit 0 ;;
+  esac
+  printf '%s BAD unknown command\r\n' "$tag"
+done
+"""
+SUBMISSIOND = r"""#!/bin/sh
+echo submissiond >> MARKER
+printf '220 %s ESMTP submission ready, alpn %s\r\n' \
+  "$SSL_TLS_SNI_SERVERNAME" "${SSL_ALPN_PROTOCOL:-none}"
+while IFS= read -r line; do
+  case $line in
+    QUIT*) printf '221 2.0.0 Bye\r\n'; exit 0 ;;
+  esac
+  printf '502 5.5.1 not here\r\n'
+done
+"""
+
+
+@dataclass
+class MailService:
+    """The example service, started from a copy of its directory."""
+
+    running: Running
+    port: int
+    marker: Path
+    pairs: dict[str, Pair]
+    confined: bool
+
+    def started(self) -> list[str]:
+        """The programs started so far, in order."""
+        return self.marker.read_text().split() if self.marker.exists() else []
+
+
+@pytest.fixture(scope="module")
+def mail_pairs(pki: PKI) -> dict[str, Pair]:
+    """A key pair for each of the example's names, from the test CA."""
+    return {
+        name: pki.ca.issue(f"example-{name.split('.')[0]}", names=(name,), ips=())
+        for name in MAIL_NAMES
+    }
+
+
+def service_copy(target: Path, pairs: dict[str, Pair], port: int, marker: Path) -> Path:
+    """The example copied to target and edited as its README says: the key and
+    certificate paths and the programs; also the port, and this checkout's server."""
+    service = Path(shutil.copytree(SERVICE, target))
+    run = (service / "run").read_text()
+    for name, pair in pairs.items():
+        for placeholder, path in (
+            (f"/etc/ssl/private/{name}.key", pair.key),
+            (f"/etc/ssl/certs/{name}.pem", pair.cert),
+        ):
+            assert placeholder in run
+            run = run.replace(placeholder, str(path))
+    assert "0.0.0.0 443 " in run and "/usr/bin/s6-tlsserver " in run
+    run = run.replace("0.0.0.0 443 ", f"127.0.0.1 {port} ")
+    run = run.replace("/usr/bin/s6-tlsserver ", f"{S6_TLSSERVER} ")
+    (service / "run").write_text(run)
+    for name, script in (("imapd", IMAPD), ("submissiond", SUBMISSIOND)):
+        prog = service.parent / name
+        prog.write_text(script.replace("MARKER", str(marker)))
+        prog.chmod(0o755)
+        execs = [p for p in service.glob("rules/*/*/exec") if name in p.read_text()]
+        assert len(execs) == 2, name  # its name and its protocol
+        for exec_file in execs:
+            text = exec_file.read_text()
+            assert text == f"/usr/local/sbin/{name}\n"
+            exec_file.write_text(f"{prog}\n")
+    return service
+
+
+@pytest.fixture
+def mail_service(tmp_path: Path, mail_pairs: dict[str, Pair], engine: str) -> Iterator[MailService]:
+    """The example's run script, started as s6-supervise or runsv would: in
+    its directory. Confined: with TLS_UID and TLS_GID in its environment."""
+    port = free_port()
+    marker = tmp_path / "started"
+    service = service_copy(tmp_path / "two-services-by-sni", mail_pairs, port, marker)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    if engine == "confined":
+        env.update(TLS_UID="65534", TLS_GID="65534")
+    log = tmp_path / "service.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(service / "run")],
+            cwd=service,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # one process group: stop() kills it whole
+        )
+    running = Running(proc, port, log)
+    try:
+        assert running.wait_log(f"starting - bound to ip 127.0.0.1 port {port}"), running.log()
+        yield MailService(running, port, marker, mail_pairs, engine == "confined")
+    finally:
+        running.stop()
+
+
+def s_client(port: int, *args: str, data: str = "") -> str:
+    """openssl s_client's stdout and stderr, with data as its input."""
+    done = run_command(
+        [
+            "sh",
+            "-c",
+            f'printf "$0" | openssl s_client -connect 127.0.0.1:{port} -ign_eof "$@" 2>&1',
+            data,
+            *args,
+        ],
+        timeout=10,
+    )
+    return done.stdout
+
+
+def mail_session(port: int, sni: str, alpn: list[str] | None, ctx: ssl.SSLContext) -> bytes:
+    """Python's ssl as a mail client: connect, send LOGOUT and QUIT, read to the end."""
+    if alpn is not None:
+        ctx.set_alpn_protocols(alpn)
+    with client.connect(port, ctx=ctx, sni=sni) as s:
+        s.sendall(b"a1 LOGOUT\r\nQUIT\r\n")
+        return client.read_all(s)[0]
+
+
+def test_two_services_by_sni_is_described_and_compiles(tmp_path: Path) -> None:
+    readme = (EXAMPLES / "README.rst").read_text()
+    assert "``two-services-by-sni/``" in readme
+    assert (SERVICE / "README.rst").is_file() and os.access(SERVICE / "run", os.X_OK)
+    rules = SERVICE / "rules"
+    assert {p.name for p in rules.iterdir()} == {"ip4", "ip6", "sni", "alpn"}
+    for compiler in (OUR_CDB_FROM_FS, SKARNET_CDB_FROM_FS):
+        if not os.path.exists(compiler):
+            continue
+        cdb = tmp_path / "rules.cdb"
+        done = subprocess.run(
+            [compiler, str(cdb), str(rules)], capture_output=True, text=True, timeout=30
+        )
+        assert (done.returncode, done.stderr) == (0, ""), compiler
+        listed = subprocess.run(
+            [S6_TCPRULES, "list", "-x", str(cdb)], capture_output=True, text=True, timeout=30
+        )
+        direct = subprocess.run(
+            [S6_TCPRULES, "list", "-i", str(rules)], capture_output=True, text=True, timeout=30
+        )
+        assert listed.stdout == direct.stdout and "sni/@ deny" in listed.stdout
+
+
+def service_readme_session() -> list[tuple[str, str]]:
+    """The s6-tcprules commands of the service's README, each with its output."""
+    lines = (SERVICE / "README.rst").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "Check what the rules decide" in line)
+    session: list[tuple[str, str]] = []
+    for line in lines[start + 2 :]:
+        if line and not line.startswith("     "):
+            break
+        text = line[5:]
+        if text.startswith("$ "):
+            session.append((text[2:], ""))
+        elif session:
+            command, output = session[-1]
+            session[-1] = (command, f"{output}{text}\n")
+    return session
+
+
+def test_two_services_by_sni_readme_checks() -> None:
+    """The README's s6-tcprules session, run in the example's directory, as shown."""
+    session = service_readme_session()
+    assert len(session) == 3
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for command, output in session:
+        done = subprocess.run(
+            ["sh", "-c", command], cwd=SERVICE, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert (done.stdout, done.stderr) == (output.rstrip("\n") + "\n", ""), command
+    # Without a name, the rules deny too (with -k 2 the handshake already did).
+    no_name = subprocess.run(
+        [S6_TCPRULES, "check", "--json", "-i", "rules", "--alpn", "imap", "192.0.2.1"],
+        cwd=SERVICE,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    answer = json.loads(no_name.stdout)
+    assert (no_name.returncode, answer["decision"]) == (1, "deny")
+    assert answer["tls"]["denied_by"] == "sni/none"
+
+
+@pytest.mark.skipif(shutil.which("execlineb") is None, reason="execline is not installed")
+@pytest.mark.parametrize("engine", ["open", "confined"], indirect=True)
+def test_two_services_by_sni(mail_service: MailService, pki: PKI) -> None:
+    port, pairs = mail_service.port, mail_service.pairs
+    # openssl s_client as an IMAP client that names its protocol.
+    out = s_client(port, "-servername", "imap.example.org", "-alpn", "imap", data="a1 LOGOUT\r\n")
+    assert "ALPN protocol: imap" in out
+    assert "* OK [CAPABILITY IMAP4rev1] imap.example.org ready, alpn imap\n" in out
+    assert "a1 OK LOGOUT completed" in out
+    # Confined: the TLS engine runs as TLS_UID, a root helper starts the programs.
+    assert (mail_service.running.helper() is not None) == mail_service.confined
+    # Python's ssl as a submission client that names no protocol, as most mail
+    # clients do; it checks the certificate for the name it asked for.
+    verifying = client.context(cafile=pki.ca.pem)
+    got = mail_session(port, "smtp.example.org", None, verifying)
+    assert got.startswith(b"220 smtp.example.org ESMTP submission ready, alpn none\r\n")
+    assert got.endswith(b"221 2.0.0 Bye\r\n")
+    with client.connect(port, ctx=client.context(cafile=pki.ca.pem), sni="imap.example.org") as s:
+        assert s.getpeercert(binary_form=True) == pairs["imap.example.org"].cert_der_bytes
+        s.sendall(b"a1 LOGOUT\r\n")
+        assert b"a1 OK LOGOUT completed" in client.read_all(s)[0]
+    # The protocol negotiated wins over the name: the program speaks it.
+    got = mail_session(port, "imap.example.org", ["smtp"], client.context())
+    assert got.startswith(b"220 imap.example.org ESMTP submission ready, alpn smtp\r\n")
+    assert mail_service.started() == ["imapd", "submissiond", "imapd", "submissiond"]
+    # A web browser sent here (ALPACA): refused during the handshake.
+    out = s_client(port, "-servername", "imap.example.org", "-alpn", "h2,http/1.1")
+    assert "alert number 120" in out and "ALPN protocol" not in out
+    with pytest.raises(ssl.SSLError, match="alert no application protocol"):
+        mail_session(port, "smtp.example.org", ["http/1.1"], client.context())
+    # A name without its own certificate, or none: refused too (-k 2).
+    with pytest.raises(ssl.SSLError, match="alert handshake failure"):
+        mail_session(port, "www.example.org", None, client.context())
+    out = s_client(port, "-noservername", "-alpn", "imap")
+    assert "alert handshake failure" in out and "* OK" not in out
+    log = mail_service.running
+    assert log.wait_log("no application protocol in common (offered: h2, http/1.1)")
+    assert log.wait_log("no application protocol in common (offered: http/1.1)")
+    assert log.wait_log("handshake: no certificate for SNI name www.example.org")
+    assert log.wait_log("handshake: no SNI name sent")
+    assert mail_service.started() == ["imapd", "submissiond", "imapd", "submissiond"]
+    assert "Traceback" not in log.log()

@@ -302,6 +302,182 @@ def test_check_errors(tmp_path: Path) -> None:
     assert usage.stderr.startswith("s6-tcprules: usage:\n")
 
 
+# --- check with what a handshake tells: --sni, --alpn (SPEC 4b) ---------------------------
+
+TLS_TREE = {
+    "ip4/10.0.0.0_8/allow": "",
+    "ip4/10.0.0.0_8/env/SITE": "office\n",
+    "ip4/10.0.0.0_8/exec": "ip-prog\n",
+    "ip4/10.9.0.0_16/deny": "",
+    "sni/imap.example.org/allow": "",
+    "sni/imap.example.org/env/SERVICE": "imap\n",
+    "sni/imap.example.org/exec": "imapd\n",
+    "sni/example.org/allow": "",
+    "sni/example.org/env/SITE": "web\n",
+    "sni/none/deny": "",
+    "alpn/smtp/allow": "",
+    "alpn/smtp/env/SERVICE": "submission\n",
+    "alpn/smtp/env/DEBUG": "",
+    "alpn/smtp/exec": "submissiond\n",
+    "alpn/http%2F1.1/allow": "",
+    "alpn/http%2F1.1/env/PROTOCOL": "http\n",
+    "alpn/h2/deny": "",
+}
+
+
+@pytest.fixture(params=["dir", "cdb"])
+def tls_source(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    tree = make_tree(tmp_path / "tls-rules", TLS_TREE)
+    if request.param == "dir":
+        return ["-i", str(tree)]
+    assert run(CDB_FROM_FS, str(tmp_path / "tls-rules.cdb"), str(tree)).returncode == 0
+    return ["-x", str(tmp_path / "tls-rules.cdb")]
+
+
+def ip_tried(ip: str, down_to: int) -> list[str]:
+    """The IPv4 keys the IP stage tries for ip, from /32 down to /down_to."""
+    return [
+        f"ip4/{net.network_address}_{net.prefixlen}"
+        for net in (
+            ipaddress.ip_network(f"{ip}/{length}", strict=False)
+            for length in range(32, down_to - 1, -1)
+        )
+    ]
+
+
+def test_check_sni_text(tls_source: list[str]) -> None:
+    done = tcprules("check", *tls_source, "--sni", "imap.example.org", "10.1.2.3")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        "client: 10.1.2.3, no name",
+        "sni: imap.example.org",
+        "alpn: none",
+        "decision: allow",
+        "key: ip4/10.0.0.0_8",
+        "key: sni/imap.example.org",
+        "set: SERVICE=imap",
+        "set: SITE=office",
+        'exec: execlineb -c "imapd\\n"',
+    ]
+    # A parent domain's rule, whose SITE wins over the IP rule's; the IP
+    # rule's exec, as no TLS rule has one; the ALPN key escaped.
+    parent = tcprules(
+        "check", "-v", *tls_source, "--sni=WWW.Example.Org.", "--alpn=http/1.1", "10.1.2.3"
+    )
+    assert (parent.returncode, parent.stderr) == (0, "")
+    assert parent.stdout.splitlines() == [
+        "client: 10.1.2.3, no name",
+        "sni: WWW.Example.Org.",
+        "alpn: http/1.1",
+        "decision: allow",
+        "key: ip4/10.0.0.0_8",
+        "key: sni/example.org",
+        "key: alpn/http%2F1.1",
+        "set: PROTOCOL=http",
+        "set: SITE=web",
+        'exec: execlineb -c "ip-prog\\n"',
+        *(f"tried: {key}" for key in ip_tried("10.1.2.3", 8)),
+        "tried: sni/www.example.org",
+        "tried: sni/example.org",
+        "tried: alpn/http%2F1.1",
+    ]
+
+
+def test_check_the_alpn_rules_exec_wins_over_the_sni_rules(tls_source: list[str]) -> None:
+    args = ("--sni", "imap.example.org", "--alpn", "smtp", "10.1.2.3")
+    done = tcprules("check", *tls_source, *args)
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        "client: 10.1.2.3, no name",
+        "sni: imap.example.org",
+        "alpn: smtp",
+        "decision: allow",
+        "key: ip4/10.0.0.0_8",
+        "key: sni/imap.example.org",
+        "key: alpn/smtp",
+        "unset: DEBUG",
+        "set: SERVICE=submission",
+        "set: SITE=office",
+        'exec: execlineb -c "submissiond\\n"',
+    ]
+    as_json = tcprules("check", "--json", *tls_source, *args)
+    assert as_json.returncode == 0
+    assert json.loads(as_json.stdout) == {
+        "ip": "10.1.2.3",
+        "name": None,
+        "decision": "allow",
+        "key": "ip4/10.0.0.0_8",
+        "set": {"SERVICE": "submission", "SITE": "office"},
+        "unset": ["DEBUG"],
+        "exec": "submissiond\n",
+        "tried": ip_tried("10.1.2.3", 8),
+        "tls": {
+            "sni": "imap.example.org",
+            "alpn": "smtp",
+            "certificate": None,
+            "keys": ["sni/imap.example.org", "alpn/smtp"],
+            "denied_by": None,
+            "tried": ["sni/imap.example.org", "alpn/smtp"],
+        },
+    }
+
+
+def test_check_tls_denials(tls_source: list[str]) -> None:
+    # No SNI: sni/none denies, whatever the ALPN rule says.
+    done = tcprules("check", *tls_source, "--alpn", "smtp", "10.1.2.3")
+    assert (done.returncode, done.stderr) == (1, "")
+    assert done.stdout.splitlines() == [
+        "client: 10.1.2.3, no name",
+        "sni: none",
+        "alpn: smtp",
+        "decision: deny",
+        "key: ip4/10.0.0.0_8",
+        "key: sni/none (deny)",
+        "key: alpn/smtp",
+    ]
+    answer = json.loads(tcprules("check", "--json", *tls_source, "10.1.2.3").stdout)
+    assert (answer["decision"], answer["set"], answer["exec"]) == ("deny", {}, None)
+    assert answer["tls"] == {
+        "sni": None,
+        "alpn": None,
+        "certificate": None,
+        "keys": ["sni/none"],
+        "denied_by": "sni/none",
+        "tried": ["sni/none", "alpn/none"],
+    }
+    # A protocol denied, the name allowed.
+    h2 = tcprules(
+        "check", "--json", *tls_source, "--sni", "www.example.org", "--alpn", "h2", "10.1.2.3"
+    )
+    answer = json.loads(h2.stdout)
+    assert (h2.returncode, answer["decision"]) == (1, "deny")
+    assert answer["tls"]["keys"] == ["sni/example.org", "alpn/h2"]
+    assert answer["tls"]["denied_by"] == "alpn/h2"
+    # Denied by its address: the TLS stage is never reached, and not shown.
+    ip = tcprules("check", *tls_source, "--sni", "imap.example.org", "10.9.1.1")
+    assert (ip.returncode, ip.stdout.splitlines()) == (
+        1,
+        ["client: 10.9.1.1, no name", "decision: deny", "key: ip4/10.9.0.0_16"],
+    )
+    assert "tls" not in json.loads(
+        tcprules("check", "--json", *tls_source, "--sni", "imap.example.org", "10.9.1.1").stdout
+    )
+
+
+def test_check_tls_options_apply_to_every_client_from_stdin(tls_source: list[str]) -> None:
+    options = ("--json", *tls_source, "--sni", "smtp.example.org", "--alpn", "smtp")
+    many = tcprules("check", *options, "-", stdin=b"10.1.2.3\n10.9.0.1\n10.2.0.1\n")
+    assert many.returncode == 1  # 10.9.0.1 is denied
+    answers = [json.loads(line) for line in many.stdout.splitlines()]
+    assert [a["decision"] for a in answers] == ["allow", "deny", "allow"]
+    assert [a.get("tls", {}).get("keys") for a in answers] == [
+        ["sni/example.org", "alpn/smtp"],
+        None,
+        ["sni/example.org", "alpn/smtp"],
+    ]
+    assert answers[0]["set"] == {"SERVICE": "submission", "SITE": "web"}
+
+
 # --- list ----------------------------------------------------------------------------------
 
 TREE_LISTED = [
