@@ -20,10 +20,12 @@ Decisions, following RFC 8446 (§4.1.2, §5.1) and RFC 5246 strictly:
   many records and several per record; none is empty or over 2^14 bytes; the
   record version's major byte is 3. ChangeCipherSpec (20) records, the single
   byte 1, may follow a ClientHello (TLS 1.3 middlebox compatibility) but never
-  split a handshake message. An alert (21) or application data (23) after a
-  complete ClientHello ends what is read (0-RTT early data is encrypted), as
-  does a handshake message other than a ClientHello (a TLS 1.2 client's next
-  flight). Anything else is malformed, SSLv2-format hellos included.
+  split a handshake message. Application data (23) after a complete
+  ClientHello is 0-RTT early data, encrypted: skipped, since a second
+  ClientHello may follow it after a HelloRetryRequest. An alert (21) ends
+  what is read, as does a handshake message other than a ClientHello (a TLS
+  1.2 client's next flight). Anything else is malformed, SSLv2-format hellos
+  included.
 - Result. The facts of the last complete ClientHello; None while there is
   none yet. Bytes after it are checked as far as they go but may be cut short.
 - Limit. Only the first ``limit`` bytes are looked at. A record or handshake
@@ -99,9 +101,12 @@ def read_client_hello(
     pos = 0
     while pos < len(view):
         kind = view[pos]
-        if kind in (_ALERT, _APPLICATION_DATA) and hello is not None and not pending:
+        if kind == _ALERT and hello is not None and not pending:
             return hello
-        if kind not in (_HANDSHAKE, _CHANGE_CIPHER_SPEC):
+        # Early data (encrypted) may follow a ClientHello; after a
+        # HelloRetryRequest a second ClientHello comes after it.
+        early = kind == _APPLICATION_DATA and hello is not None and not pending
+        if kind not in (_HANDSHAKE, _CHANGE_CIPHER_SPEC) and not early:
             raise ClientHelloError("not a TLS handshake record")
         if len(view) > pos + 1 and view[pos + 1] != 3:
             raise ClientHelloError("bad TLS record version")
@@ -121,6 +126,8 @@ def read_client_hello(
         if kind == _CHANGE_CIPHER_SPEC:
             if body != b"\x01":
                 raise ClientHelloError("bad ChangeCipherSpec")
+            continue
+        if early:
             continue
         pending += body
         while pending:

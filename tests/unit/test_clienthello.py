@@ -140,6 +140,18 @@ def test_synthetic_hello_retry_gives_the_second() -> None:
         assert (hello.alpn, hello.server_name) == ((b"c",), b"two.example")
 
 
+def test_early_data_then_a_retried_hello_gives_the_second() -> None:
+    # 0-RTT data after the first ClientHello, then (the server having asked
+    # for another key share) the second: the second's offer decides.
+    first = real_hello(("a",), "one.example")
+    second = real_hello(("c",), "two.example")
+    early = bytes([23, 3, 3, 0, 40]) + bytes(40)
+    for between in (early, early * 2 + CCS, CCS + early):
+        hello = read_client_hello(first + between + second)
+        assert hello is not None and hello.alpn == (b"c",), between
+        assert read_client_hello(first + between) == read_client_hello(first)
+
+
 # --- records and messages, built by hand ----------------------------------------
 
 
