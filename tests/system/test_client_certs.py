@@ -24,7 +24,7 @@ from cryptography import x509
 from s6tls.rules.tlskeys import escape
 from tests.support import client
 from tests.support.certs import Pair
-from tests.support.server import run_command
+from tests.support.server import BIN, run_command
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
@@ -34,6 +34,8 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.both_engines]
 ENV_PROG = ("/usr/bin/env",)
 SPIFFE = "spiffe://example.org/ns/prod/sa/web"
 SPIFFE_KEY = "san/URI:spiffe:%2F%2Fexample.org%2Fns%2Fprod%2Fsa%2Fweb"
+OUR_CDB_FROM_FS = str(BIN / "s6-accessrules-cdb-from-fs")
+SKARNET_CDB_FROM_FS = "/usr/bin/s6-accessrules-cdb-from-fs"
 needs_execline = pytest.mark.skipif(shutil.which("execlineb") is None, reason="no execline")
 
 
@@ -365,12 +367,22 @@ def test_a_san_that_is_not_utf8_gets_a_decision(
     got = session(srv.port, odd).env
     assert (got["WHO"], got["SSL_PEER_CERT_HASH"]) == ("any", odd.cert_hash)
     assert got["SSL_PEER_CERT_SUBJECT"] == "CN=odd client"
-    # A rule on its escaped key decides for it.
+    # A rule on its escaped key decides for it, from a directory or a cdb
+    # (skarnet's compiler writes the same key, when it is installed).
     write_rules(rules, {f"{key}/deny": ""})
-    out = session(srv.port, odd)
-    assert (out.output, out.how) == (b"", "close_notify")
-    assert srv.wait_log(f"deny 127.0.0.1_{out.port} key {key}\n")
-    assert "Traceback" not in srv.log() and "warning" not in srv.log()
+    servers = [srv]
+    for compiler in (OUR_CDB_FROM_FS, SKARNET_CDB_FROM_FS):
+        if not os.path.exists(compiler):
+            continue
+        cdb = tmp_path / f"rules{len(servers)}.cdb"
+        assert run_command([compiler, str(cdb), str(rules)]).returncode == 0
+        args = ("-H", "-v", "-y", "-x", str(cdb), "127.0.0.1", "0", *ENV_PROG)
+        servers.append(server(*args, env=ca_env(pki)))
+    for running in servers:
+        out = session(running.port, odd)
+        assert (out.output, out.how) == (b"", "close_notify")
+        assert running.wait_log(f"deny 127.0.0.1_{out.port} key {key}\n")
+        assert "Traceback" not in running.log() and "warning" not in running.log()
 
 
 def test_certificate_text_never_reaches_another_family(
