@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.both_engines]
 
-TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+# How a client talks: its version, and for TLS 1.2, tickets or the server's session cache.
+TLS13, TLS12, TLS12_ID = "TLSv1.3", "TLSv1.2", "TLSv1.2, session id"
 REVOKED = "CERTIFICATE_VERIFY_FAILED (certificate revoked)"
 EXPIRED_CRL = (
     "revocation list {} is past its next update:"
@@ -64,20 +65,24 @@ def ran(marker: Path) -> int:
 
 
 @functools.cache
-def context(pair: Pair, version: ssl.TLSVersion | None) -> ssl.SSLContext:
-    """One client context per certificate and version: a session resumes only
-    with the context that made it."""
-    return client.context(cert=(pair.key, pair.cert), version=version)
+def context(pair: Pair, mode: str | None) -> ssl.SSLContext:
+    """One client context per certificate and mode (TLS13...): a session
+    resumes only with the context that made it."""
+    version = None if mode is None else ssl.TLSVersion[mode[:7].replace(".", "_")]
+    ctx = client.context(cert=(pair.key, pair.cert), version=version)
+    if mode == TLS12_ID:
+        ctx.options |= ssl.OP_NO_TICKET  # resumption by session id only
+    return ctx
 
 
 def serve(
     srv: Running,
     pair: Pair,
-    version: ssl.TLSVersion | None = None,
+    mode: str | None = None,
     session: ssl.SSLSession | None = None,
 ) -> tuple[dict[str, str], ssl.SSLSession | None, bool]:
     """prog's environment, the session to resume later, whether this one was resumed."""
-    with client.connect(srv.port, ctx=context(pair, version), session=session) as s:
+    with client.connect(srv.port, ctx=context(pair, mode), session=session) as s:
         s.sendall(b"go\n")
         data, _ = client.read_all(s)
         return client.env_of(data), s.session, s.session_reused
@@ -86,18 +91,20 @@ def serve(
 def refused(
     srv: Running,
     pair: Pair,
-    version: ssl.TLSVersion | None = None,
+    mode: str | None = None,
     session: ssl.SSLSession | None = None,
 ) -> str:
     """The alert a refused client gets (a TLS 1.3 client sees it at its first read)."""
     with pytest.raises(ssl.SSLError) as caught:
-        serve(srv, pair, version, session)
+        serve(srv, pair, mode, session)
     return str(caught.value)
 
 
 def crl_server(server: ServerFactory, pki: PKI, crl: Path, prog: tuple[str, ...]) -> Running:
+    """-S: sessions end with close_notify, without which OpenSSL drops a
+    session from the server's cache, and TLS 1.2 session ids never resume."""
     env = {**pki.env(), "CAFILE": str(pki.ca.pem), "CRLFILE": str(crl)}
-    return server("-H", "-Y", "127.0.0.1", "0", *prog, env=env)
+    return server("-H", "-S", "-Y", "127.0.0.1", "0", *prog, env=env)
 
 
 def test_a_revoked_client_is_refused_until_the_crl_says_otherwise(
@@ -128,40 +135,35 @@ def test_a_revoked_client_is_refused_until_the_crl_says_otherwise(
     assert "Traceback" not in srv.log()
 
 
-@pytest.mark.parametrize("version", [TLS13, TLS12])
+@pytest.mark.parametrize("mode", [TLS13, TLS12, TLS12_ID])
 def test_a_revoked_client_cannot_resume_an_earlier_session(
-    server: ServerFactory,
-    pki: PKI,
-    alice: Pair,
-    bob: Pair,
-    tmp_path: Path,
-    version: ssl.TLSVersion,
+    server: ServerFactory, pki: PKI, alice: Pair, bob: Pair, tmp_path: Path, mode: str
 ) -> None:
     crl = tmp_path / "ca.crl"
     crl.write_bytes(pki.ca.crl([]))
     marker = tmp_path / "ran"
     srv = crl_server(server, pki, crl, marker_prog(marker))
-    _, session, _ = serve(srv, alice, version)
-    _, kept, _ = serve(srv, alice, version)
-    _, bobs, _ = serve(srv, bob, version)
+    _, session, _ = serve(srv, alice, mode)
+    _, kept, _ = serve(srv, alice, mode)
+    _, bobs, _ = serve(srv, bob, mode)
     assert session is not None and kept is not None and bobs is not None
-    # Resumption works (TLS 1.3 ticket, TLS 1.2 session id or ticket) ...
-    got, _, reused = serve(srv, alice, version, session)
+    # Resumption works (TLS 1.3 ticket, TLS 1.2 ticket or session id) ...
+    got, _, reused = serve(srv, alice, mode, session)
     assert reused and got["SSL_PEER_CERT_HASH"] == alice.cert_hash
     assert ran(marker) == 4
     # ... but not once alice is revoked: no resumption, a full handshake, refused.
     replace(crl, pki.ca.crl([alice.serial]))
-    assert "alert certificate revoked" in refused(srv, alice, version, kept)
+    assert "alert certificate revoked" in refused(srv, alice, mode, kept)
     assert srv.wait_log(REVOKED)
     assert ran(marker) == 4
     # bob lost his session with the reload, not his access.
-    got, _, reused = serve(srv, bob, version, bobs)
+    got, _, reused = serve(srv, bob, mode, bobs)
     assert got["SSL_PEER_CERT_HASH"] == bob.cert_hash and not reused
 
 
 @pytest.mark.parametrize("version", [TLS13, TLS12])
 def test_an_expired_crl_refuses_every_client_certificate(
-    server: ServerFactory, pki: PKI, alice: Pair, bob: Pair, tmp_path: Path, version: ssl.TLSVersion
+    server: ServerFactory, pki: PKI, alice: Pair, bob: Pair, tmp_path: Path, version: str
 ) -> None:
     crl = tmp_path / "ca.crl"
     crl.write_bytes(pki.ca.crl([], next_update=-datetime.timedelta(hours=1)))
@@ -195,16 +197,16 @@ def test_a_crl_that_expires_ends_resumption_too(
     assert next_update is not None
     marker = tmp_path / "ran"
     srv = crl_server(server, pki, crl, marker_prog(marker))
-    sessions = {version: serve(srv, alice, version)[1] for version in (TLS13, TLS12)}
-    for version, session in sessions.items():
-        assert serve(srv, alice, version, session)[2]  # resumed, while current
+    sessions = {mode: serve(srv, alice, mode)[1] for mode in (TLS13, TLS12, TLS12_ID)}
+    for mode, session in sessions.items():
+        assert serve(srv, alice, mode, session)[2]  # resumed, while current
     # OpenSSL sees the CRL as past its next update from the second after it.
     time.sleep(max(0.0, next_update.timestamp() + 1.05 - time.time()))
-    for version, session in sessions.items():
-        assert "alert certificate expired" in refused(srv, alice, version, session)
-    assert srv.wait_log("CERTIFICATE_VERIFY_FAILED (CRL has expired)", count=2)
+    for mode, session in sessions.items():
+        assert "alert certificate expired" in refused(srv, alice, mode, session)
+    assert srv.wait_log("CERTIFICATE_VERIFY_FAILED (CRL has expired)", count=3)
     assert srv.log().count(EXPIRED_CRL.format(crl)) == 1
-    assert ran(marker) == 4
+    assert ran(marker) == 6
 
 
 def test_a_crlfile_that_does_not_load_at_start_up_exits_111(
