@@ -19,10 +19,15 @@ reader takes the DER apart itself. It is pure and bounded:
 Only what is read is checked: the validity dates, the algorithms and the
 contents of other extensions are left to OpenSSL, which has verified the
 certificate before this reader sees it.
+
+``crl_next_update`` reads one more date, with the same reader: when a
+certificate revocation list (CRLFILE, which OpenSSL has loaded) is past its
+next update.
 """
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +39,7 @@ __all__ = [
     "CertFacts",
     "CertificateError",
     "SanKind",
+    "crl_next_update",
     "read_certificate",
     "subject_of",
 ]
@@ -84,6 +90,8 @@ class CertFacts:
 
 
 # Universal tags.
+_UTC_TIME = 0x17
+_GENERALIZED_TIME = 0x18
 _BOOLEAN = 0x01
 _INTEGER = 0x02
 _BIT_STRING = 0x03
@@ -170,6 +178,44 @@ def subject_of(der: bytes) -> tuple[tuple[str, str], ...] | None:
     except CertificateError:
         return None
     return tuple((name, value.decode(errors="replace")) for name, value in subject)
+
+
+def crl_next_update(der: bytes) -> int | None:
+    """When a DER CRL is past its next update (RFC 5280 5.1.2.5), in seconds
+    since the epoch; None if it names no next update. CertificateError if the
+    framing up to that date is malformed."""
+    if not isinstance(der, bytes):
+        raise CertificateError("not bytes")
+    crl = _Reader(der, 0, len(der)).inside(_SEQUENCE, "CertificateList")
+    tbs = crl.inside(_SEQUENCE, "tbsCertList")
+    if tbs.peek() == _INTEGER:
+        tbs.integer("version", 1)
+    tbs.skip(_SEQUENCE, "signature")
+    tbs.skip(_SEQUENCE, "issuer")
+    tbs.skip(tbs.peek() if tbs.peek() in (_UTC_TIME, _GENERALIZED_TIME) else None, "thisUpdate")
+    tag = tbs.peek()
+    if tag not in (_UTC_TIME, _GENERALIZED_TIME):
+        return None
+    return _time(tag, tbs.content(tag, "nextUpdate"))
+
+
+def _time(tag: int, value: bytes) -> int:
+    """A UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ), as
+    RFC 5280 4.1.2.5 has them written, in seconds since the epoch."""
+    digits = value[:-1]
+    size = 12 if tag == _UTC_TIME else 14
+    if len(value) != size + 1 or value[-1:] != b"Z" or not digits.isdigit():
+        raise CertificateError("bad time")
+    if tag == _UTC_TIME:
+        year = int(digits[:2])
+        digits = str(year + (1900 if year >= 50 else 2000)).encode() + digits[2:]
+    year, month, day, hour, minute, second = (
+        int(digits[:4]),
+        *(int(digits[i : i + 2]) for i in range(4, 14, 2)),
+    )
+    if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
+        raise CertificateError("bad time")
+    return calendar.timegm((year, month, day, hour, minute, second))
 
 
 def _subject(subject: _Reader) -> tuple[tuple[str, bytes], ...]:

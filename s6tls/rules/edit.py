@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from s6tls.rules.codec import Rule, encode
 from s6tls.rules.errors import RulesError
 from s6tls.rules.fs import is_safe_key, make_dir, write_tree
-from s6tls.rules.keys import FAMILIES, ip_keys, name_keys
+from s6tls.rules.keys import FAMILIES, TLS_FAMILIES, ip_keys, name_keys
+from s6tls.rules.tlskeys import NAME_MAX, escape, is_escaped, unescape
 
 if TYPE_CHECKING:
     from s6tls.rules import RuleSource
@@ -85,8 +86,16 @@ def canonical_key(text: str) -> str:
     is rewritten in the server's form (``ip6/2001:DB8::0_32`` becomes
     ``ip6/2001:db8::_32``); an address with bits set past its prefix length
     is refused, since no client would ever be looked up under it.
+
+    And the keys of the TLS stage (``tls_key``): ``sni/NAME``, ``sni/@``,
+    ``sni/none``, ``alpn/PROTOCOL``, ``alpn/@``, ``alpn/none``,
+    ``certhash/SHA256:HEX``, ``spki/SHA256:HEX``, ``san/DNS:NAME``,
+    ``san/URI:URI``, ``san/email:ADDRESS``, ``cn/TEXT``, ``cert/@`` and
+    ``cert/none``.
     """
     family, slash, rest = text.partition("/")
+    if slash and family in TLS_FAMILIES:
+        return tls_key(family, rest)
     if slash and family == "reversedns":
         name = rest.rstrip(".") if rest != "@" else rest
         key = f"reversedns/{name}"
@@ -103,10 +112,66 @@ def canonical_key(text: str) -> str:
     except ValueError:
         raise ValueError(
             f"invalid key {text!r}: expected ip4/ADDRESS_LENGTH, ip6/ADDRESS_LENGTH,"
-            " reversedns/NAME, reversedns/@, ADDRESS or ADDRESS/LENGTH"
+            " reversedns/NAME, reversedns/@, ADDRESS or ADDRESS/LENGTH, or a key of"
+            " the TLS stage (sni/, alpn/, certhash/, spki/, san/, cn/, cert/)"
         ) from None
     address = text.partition("/")[0]
     return _network_key(text, address, network.prefixlen, network.version)
+
+
+_WORDS = {"sni": ("@", "none"), "alpn": ("@", "none"), "cert": ("@", "none")}
+_SAN_KINDS = {"dns": "DNS", "uri": "URI", "email": "email"}
+_HEX = frozenset("0123456789abcdef")
+
+
+def tls_key(family: str, value: str) -> str:
+    """The key of the TLS stage for ``family/value``, as the server writes it
+    (s6tls.rules.tlskeys); ValueError if the server never looks it up.
+
+    A value already in escaped form (``tlskeys.is_escaped``: no ``/``, and it
+    reads back the same) is taken as written, any other is escaped: so
+    ``san/URI:spiffe://example.org/x`` and
+    ``san/URI:spiffe:%2F%2Fexample.org%2Fx`` are the same key. An SNI name
+    and a DNS name are lower-cased, an SNI name loses its final dot, a digest
+    is ``SHA256:`` and 64 lower-case hex digits.
+
+    A value that names nothing the server looks up is refused: empty, or
+    over ``NAME_MAX`` bytes once escaped.
+    """
+    text = f"{family}/{value}"
+    if value in _WORDS.get(family, ()):
+        return f"{family}/{value}"
+    if family == "cert":
+        raise ValueError(f"invalid key {text!r}: expected cert/@ or cert/none")
+    if family in ("certhash", "spki"):
+        algorithm, colon, digest = value.partition(":")
+        digest = digest.lower()
+        if algorithm.upper() != "SHA256" or not colon or len(digest) != 64 or set(digest) - _HEX:
+            raise ValueError(
+                f"invalid key {text!r}: expected {family}/SHA256:"
+                " and the 64 hex digits of a SHA-256 digest"
+            )
+        return f"{family}/SHA256:{digest}"
+    kind = ""
+    if family == "san":
+        written, colon, value = value.partition(":")
+        if not colon or written.lower() not in _SAN_KINDS:
+            raise ValueError(
+                f"invalid key {text!r}: expected san/DNS:NAME, san/URI:URI or san/email:ADDRESS"
+            )
+        kind = _SAN_KINDS[written.lower()]
+    if family == "sni" and value.endswith("."):
+        value = value[:-1]  # a final dot written as such (%2E is a name's own)
+    raw = unescape(value) if is_escaped(value) else value.encode("utf-8", "surrogateescape")
+    if family == "sni" or kind == "DNS":
+        raw = raw.lower()  # ASCII letters only, as the server compares names
+    component = f"{kind}:{escape(raw)}" if kind else escape(raw)
+    key = f"{family}/{component}"
+    if not raw:
+        raise ValueError(f"invalid key {text!r}: the value is empty")
+    if len(component.encode()) > NAME_MAX:
+        raise ValueError(f"invalid key {text!r}: over {NAME_MAX} bytes once escaped")
+    return key
 
 
 def _network_key(text: str, address: str, length: int, version: int) -> str:
@@ -127,7 +192,7 @@ def add_rule(rulesdir: str, key: str, rule: Rule, *, replace: bool = False) -> N
     """Put ``rule`` under ``key`` in a rules directory, atomically.
 
     A missing rules directory is created, with its ``ip4/``, ``ip6/`` and
-    ``reversedns/`` parts; its parent must exist. Raises RuleExistsError if
+    ``reversedns/`` parts (and the key's own); its parent must exist. Raises RuleExistsError if
     a rule is there and ``replace`` is false, RuleTooBigError if the rule
     could not be compiled into a cdb, RulesError for a key that is not the
     server's form or for a failed write.
@@ -140,7 +205,7 @@ def add_rule(rulesdir: str, key: str, rule: Rule, *, replace: bool = False) -> N
     created = make_dir(rulesdir)
     # A new ruleset gets every part, which shows where rules go; an existing
     # one only the part this key needs.
-    for part in FAMILIES if created else (top,):
+    for part in dict.fromkeys((*FAMILIES, top)) if created else (top,):
         make_dir(f"{rulesdir}/{part}")
     staging = _temp_name(parent, name)
     write_tree(staging, {"rule": rule})

@@ -17,7 +17,7 @@ component that reads the same in a rules directory (``-i``) and a cdb
   is) never reads as "no SNI".
 
 The escaped value decodes back to the original bytes (``%XX`` to the byte,
-the rest as UTF-8), so different values never share a key; it never is
+the rest as UTF-8: ``unescape``), so different values never share a key; it never is
 empty, ``.`` or ``..``, and never holds ``/`` or NUL, so a key never leaves
 its family nor the rules directory. A component longer than ``NAME_MAX``
 bytes (after ``family/``: what a file system can name) is never looked up:
@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from s6tls.certinfo import CertificateError, read_certificate
 from s6tls.sslvars import cert_hash
 
-__all__ = ["NAME_MAX", "alpn_keys", "cert_keys", "escape", "sni_keys"]
+__all__ = ["NAME_MAX", "alpn_keys", "cert_keys", "escape", "is_escaped", "sni_keys", "unescape"]
 
 NAME_MAX = 255
 """Longest key component, in bytes, after ``family/``: Linux's NAME_MAX."""
@@ -69,6 +69,33 @@ def escape(value: str | bytes) -> str:
         else:
             parts.append(char)
     return "".join(parts)
+
+
+def unescape(component: str) -> bytes:
+    """Return the bytes a component stands for: each ``%XX`` (two hex digits)
+    is that byte, the rest is UTF-8. The inverse of ``escape``:
+    ``unescape(escape(v)) == v`` for bytes ``v``. ValueError for a ``%`` that
+    two hex digits do not follow."""
+    parts = component.split("%")
+    out = bytearray(_encode(parts[0]))
+    for part in parts[1:]:
+        code = part[:2]
+        if len(code) != 2 or not all(c in "0123456789abcdefABCDEF" for c in code):
+            raise ValueError(f"% not followed by two hex digits in {component!r}")
+        out.append(int(code, 16))
+        out += _encode(part[2:])
+    return bytes(out)
+
+
+def is_escaped(value: str) -> bool:
+    """Tell whether ``value`` is already a component as ``escape`` writes it:
+    no ``/``, and ``escape(unescape(value)) == value``."""
+    if "/" in value:
+        return False
+    try:
+        return escape(unescape(value)) == value
+    except ValueError:
+        return False
 
 
 def _encode(value: str) -> bytes:

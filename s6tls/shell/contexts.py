@@ -9,9 +9,12 @@ connections, and ``ContextCache`` keeps that promise for a stat per file.
 from __future__ import annotations
 
 import base64
+import binascii
 import errno
 import os
+import re
 import ssl
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from functools import partial
@@ -200,12 +203,25 @@ def _load_trust(ctx: ssl.SSLContext, files: Files, cafile: str | None, cadir: st
             raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
 
 
-def _load_crls(ctx: ssl.SSLContext, files: Files, crlfile: str) -> None:
+class ServerContext(ssl.SSLContext):
+    """A server context, and when it must be built again although no file
+    changed: ``crl_deadline``, a second after the next of its CRLs to pass
+    its next update (None: never). From then on OpenSSL refuses the clients
+    of that CRL's issuer, but a session made before would still resume, and
+    resumption checks no certificate: a new context (new ticket keys, an
+    empty session cache) resumes none of them."""
+
+    crl_deadline: float | None = None
+
+
+def _load_crls(ctx: ssl.SSLContext, files: Files, crlfile: str) -> float | None:
     """CRLFILE: the PEM CRLs that client certificates are checked against.
 
     Only the client's own certificate is checked (its issuer's CRL must be
     in the file, or it is refused): OpenSSL's check of the whole chain would
     refuse every client whose intermediate CAs have no CRL here.
+
+    Returns the context's ``crl_deadline`` (ServerContext).
     """
     data = _read(files, crlfile, "revocation list")
     before = ctx.cert_store_stats()["crl"]
@@ -213,14 +229,35 @@ def _load_crls(ctx: ssl.SSLContext, files: Files, crlfile: str) -> None:
         with _memory_file(data) as path:
             ctx.load_verify_locations(cafile=path)
     except ssl.SSLError as e:
-        reason = e.reason or str(e)
+        # OpenSSL gives no reason for a PEM block it cannot decode ("PEM lib").
+        reason = e.reason or "bad PEM data"
         raise TlsConfigError(f"unable to read revocation list {crlfile}: {reason}") from None
     if ctx.cert_store_stats()["crl"] == before:
         raise TlsConfigError(f"unable to read revocation list {crlfile}: no PEM X509 CRL in it")
     ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return _crl_deadline(data, time.time())
 
 
-def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
+_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----(.*?)-----END X509 CRL-----", re.DOTALL)
+
+
+def _crl_deadline(data: bytes, now: float) -> float | None:
+    """A second after the earliest next update of the CRLs in data that OpenSSL
+    does not already see as past (it is past once the second after it begins)."""
+    from s6tls.certinfo import CertificateError, crl_next_update  # with CRLFILE only
+
+    deadlines = []
+    for block in _PEM_CRL.findall(data):
+        try:
+            next_update = crl_next_update(base64.b64decode(block))
+        except (CertificateError, binascii.Error, ValueError):
+            continue  # OpenSSL loaded it: only its date is unknown
+        if next_update is not None and next_update + 1 > now:
+            deadlines.append(next_update + 1.0)
+    return min(deadlines, default=None)
+
+
+def make_context(settings: TlsSettings, files: Files) -> ServerContext:
     """The context a handshake starts with; SNI may switch it to a named pair."""
     named = {name: _pair_context(settings, files, key, cert) for name, key, cert in settings.named}
     if settings.keyfile and settings.certfile:
@@ -233,14 +270,14 @@ def make_context(settings: TlsSettings, files: Files) -> ssl.SSLContext:
 
 def _pair_context(
     settings: TlsSettings, files: Files, keyfile: str, certfile: str
-) -> ssl.SSLContext:
+) -> ServerContext:
     """A server context: TLS 1.2 and 1.3, ECDHE and AEAD suites in the
     server's order, no renegotiation, no compression.
 
     Each context carries the client-certificate policy itself: OpenSSL keeps
     the first context's verify mode when SNI switches to another one.
     """
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ServerContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.set_ciphers(TLS12_CIPHERS)
     # A bare FIN must not poison the TLS object: the reply still has to go out.
@@ -261,12 +298,13 @@ def _pair_context(
     if settings.client_cert is not ClientCert.NONE:
         _load_trust(ctx, files, settings.cafile, settings.cadir)
         if settings.crlfile:
-            _load_crls(ctx, files, settings.crlfile)
+            ctx.crl_deadline = _load_crls(ctx, files, settings.crlfile)
     return ctx
 
 
 class ContextCache:
-    """One context per settings, rebuilt only when one of its files changes.
+    """One context per settings, rebuilt only when one of its files changes
+    (or, once, when one of its CRLs passes its next update: ServerContext).
 
     A stat per file and connection is the whole cost of noticing a rotated
     certificate; a replacement that fails to load keeps the last good context
@@ -276,11 +314,11 @@ class ContextCache:
     def __init__(self, warn: Callable[[str], None], files: Files | None = None) -> None:
         self._warn = warn
         self.files: Files = files or LocalFiles()
-        self._entries: dict[TlsSettings, tuple[tuple[FileIdentity, ...], ssl.SSLContext]] = {}
+        self._entries: dict[TlsSettings, tuple[tuple[FileIdentity, ...], ServerContext]] = {}
         self._failed: dict[TlsSettings, tuple[FileIdentity, ...]] = {}
         self._expired: set[int] = set()  # contexts whose CRL was reported past its date
 
-    def get(self, settings: TlsSettings) -> ssl.SSLContext:
+    def get(self, settings: TlsSettings) -> ServerContext:
         entry = self._entries.get(settings)
         try:
             ids = tuple(self.files.identity(p) for p in settings.paths())
@@ -288,10 +326,10 @@ class ContextCache:
             if entry is None:
                 raise TlsConfigError(f"unable to read {e.filename}: {e.strerror}") from None
             return entry[1]
-        if entry is not None and entry[0] == ids:
-            return entry[1]
-        if entry is not None and self._failed.get(settings) == ids:
-            return entry[1]
+        if entry is not None and (entry[0] == ids or self._failed.get(settings) == ids):
+            deadline = entry[1].crl_deadline
+            if deadline is None or time.time() < deadline:
+                return entry[1]
         try:
             ctx = make_context(settings, self.files)
         except TlsConfigError as e:
@@ -299,6 +337,7 @@ class ContextCache:
                 raise
             if e.transient:
                 return entry[1]  # try again with the next connection
+            entry[1].crl_deadline = None  # rebuilt at the next change only
             self._failed[settings] = ids
             self._warn(f"{e}; still serving the previous one")
             return entry[1]

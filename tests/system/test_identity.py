@@ -225,9 +225,13 @@ def test_helper_opens_no_fifo_and_no_device(tmp_path):
 def test_helper_spawns_only_what_is_configured(helper):
     r, w = os.pipe()
     try:
-        assert "pid" in helper({"op": "spawn", "conn": GOOD_CONN, "info": GOOD_INFO}, [r, w])
+        good = {"op": "spawn", "conn": GOOD_CONN, "info": GOOD_INFO, "keys": ["ip4/127.0.0.1_32"]}
+        assert "pid" in helper(good, [r, w])
         forged = [
-            {"op": "spawn", "conn": GOOD_CONN, "info": GOOD_INFO, "key": "ip4/0.0.0.0_0"},
+            {"op": "spawn", "conn": GOOD_CONN, "info": GOOD_INFO},  # no rule's keys
+            {**good, "keys": ["ip4/0.0.0.0_0"]},  # a rule the ruleset does not have
+            {**good, "keys": ["ip4/127.0.0.1_32", "ip4/127.0.0.1_32"]},  # two of one stage
+            {**good, "keys": "ip4/127.0.0.1_32"},
             {
                 "op": "spawn",
                 "conn": {**GOOD_CONN, "remote_host": "a\0LD_PRELOAD=/x"},

@@ -1,6 +1,7 @@
-"""The rulesets of rules-examples/ through the real s6-tlsserver, clients on 127.0.0.1-3.
+"""The rulesets of rules-examples/ through the real s6-tlsserver, clients on 127.0.0.1-3
+(and, for mutual-tls/, with certificates of the test CA filling in its placeholders).
 
-The README's session of scripting a ruleset runs as it is shown, too.
+The README's sessions (scripting a ruleset, filling in mutual-tls/) run as they are shown, too.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from cryptography import x509
 
+from s6tls.rules.keys import ALL_FAMILIES
 from tests.support import client
+from tests.support.certs import Pair
 from tests.support.server import BIN, S6_TLSSERVER, Running, free_port, run_command
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ RULESETS = [
     "env-per-client",
     "exec-override",
     "imported-from-tcprules",
+    "mutual-tls",
 ]
 ENV_PROG = ("/usr/bin/env",)
 
@@ -97,7 +102,7 @@ def test_every_ruleset_is_described_and_compiles(tmp_path: Path) -> None:
     for name in RULESETS:
         assert f"``{name}/``" in readme
         ruleset = EXAMPLES / name
-        assert {p.name for p in ruleset.iterdir()} <= {"ip4", "ip6", "reversedns"}
+        assert {p.name for p in ruleset.iterdir()} <= set(ALL_FAMILIES)
         for compiler in (OUR_CDB_FROM_FS, SKARNET_CDB_FROM_FS):
             if not os.path.exists(compiler):
                 continue
@@ -504,3 +509,78 @@ def test_two_services_by_sni(mail_service: MailService, pki: PKI) -> None:
     assert log.wait_log("handshake: no SNI name sent")
     assert mail_service.started() == ["imapd", "submissiond", "imapd", "submissiond"]
     assert "Traceback" not in log.log()
+# The digests the README's session shows, for certificates of its own.
+README_CERT_HASH = "0eae4581482f14f185c167c69f97152838f229dc9606ba83d60713996d4d677c"
+README_SPKI_HASH = "5d3c2f2b0b8a6c1e9f7a4d0e6b2c8f1a3e5d7c9b0a2f4e6d8c1b3a5f7e9d0c2b"
+
+
+def colons(digest: str) -> str:
+    """A hex digest as openssl's -fingerprint writes it."""
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2)).upper()
+
+
+@pytest.mark.both_engines
+def test_mutual_tls(server: ServerFactory, pki: PKI, tmp_path: Path) -> None:
+    """Filled in as the README shows with certificates of the test CA, bob's
+    first certificate revoked: alice, bob's re-issued certificate and the
+    SPIFFE workload are served with their USER; bob's revoked certificate,
+    any other and none at all are not."""
+    ca = pki.ca
+
+    def issue(stem: str, cn: str, *sans: x509.GeneralName, key: object = None) -> Pair:
+        return ca.issue(f"mtls-{stem}", client=True, subject={"CN": cn}, sans=sans, key=key)
+
+    alice = issue("alice", "alice")
+    bob = issue("bob", "bob")
+    bob_again = issue("bob-again", "bob", key=bob.private_key)
+    web = issue("web", "web", x509.UniformResourceIdentifier("spiffe://example.org/ns/prod/sa/web"))
+    eve = issue("eve", "eve", x509.UniformResourceIdentifier("spiffe://example.org/ns/dev/sa/web"))
+
+    shutil.copytree(EXAMPLES / "mutual-tls", tmp_path / "mutual-tls")
+    shutil.copy(alice.cert, tmp_path / "alice.pem")
+    shutil.copy(bob.cert, tmp_path / "bob.pem")
+    digests = {
+        README_CERT_HASH: alice.cert_hash[7:],
+        colons(README_CERT_HASH): colons(alice.cert_hash[7:]),
+        README_SPKI_HASH: bob.spki_hash[7:],
+    }
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    for command, output in readme_session("Filling in mutual-tls"):
+        for sample, real in digests.items():
+            output = output.replace(sample, real)
+        done = subprocess.run(
+            ["sh", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert done.stdout + done.stderr == output, command
+    ruleset = tmp_path / "mutual-tls"
+    crl = tmp_path / "clients.crl"
+    crl.write_bytes(ca.crl([bob.serial]))
+    for rule in ("ip4/0.0.0.0_0", "ip6/::_0"):
+        placeholder = ruleset / rule / "env" / "CRLFILE"
+        assert placeholder.read_text() == "/etc/s6tls/clients.crl\n"
+        placeholder.write_text(f"{crl}\n")
+
+    srv = server(
+        "-H", "-v", "-Y", "-i", str(ruleset), "127.0.0.1", "0", *ENV_PROG,
+        env={**pki.env(), "CAFILE": str(pki.ca.pem)},
+    )  # fmt: skip
+
+    def served(pair: Pair | None) -> tuple[dict[str, str], str]:
+        ctx = client.context(cert=(pair.key, pair.cert) if pair else None)
+        with client.connect(srv.port, ctx=ctx) as s:
+            data, how = client.read_all(s)
+        return client.env_of(data) if data else {}, how
+
+    for pair, user in ((alice, "alice"), (bob_again, "bob"), (web, "web")):
+        got, _ = served(pair)
+        assert (got["USER"], got["SSL_PEER_CERT_HASH"]) == (user, pair.cert_hash)
+        assert "CRLFILE" not in got
+    with pytest.raises(ssl.SSLError, match="alert certificate revoked"):
+        served(bob)
+    assert served(eve) == ({}, "close_notify")
+    assert served(None) == ({}, "close_notify")
+    assert srv.wait_log("key cert/none\n")
+    log = srv.log()
+    assert "CERTIFICATE_VERIFY_FAILED (certificate revoked)" in log
+    assert "key cert/@\n" in log
+    assert f"key spki/{bob.spki_hash}\n" in log

@@ -1,7 +1,9 @@
 """s6-tcprules through its real command line: compile, decompile, check, import, add, remove.
 
 Imports are checked against ucspi-tcp itself: Debian's tcprules compiles the
-same text and tcprulescheck says what tcpserver would decide.
+same text and tcprulescheck says what tcpserver would decide. The keys of the
+TLS stage are checked with certificates of the test CA, and against the
+real server.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from typing import TYPE_CHECKING
 
 import cdbx
 import pytest
+from cryptography import x509
 
 from s6tls.rules import Rule, lookup_dir
 from s6tls.rules.cdbfile import write_cdb
 from s6tls.rules.edit import add_rule
 from s6tls.rules.tcprules_text import parse_tcprules
 from tests.support import client
+from tests.support.certs import Pair
 from tests.support.server import BIN
 
 if TYPE_CHECKING:
-    from tests.conftest import ServerFactory
+    from tests.conftest import PKI, ServerFactory
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -1198,3 +1202,302 @@ def test_a_running_server_follows_add_and_remove(server: ServerFactory, tmp_path
     assert served("127.0.0.2") is None
     assert tcprules("remove", "-i", str(rules), "127.0.0.0/30").returncode == 0
     assert served("127.0.0.1") is None
+
+
+# --- the TLS stage: check with a certificate, list, add -------------------------------
+
+SPIFFE = "spiffe://example.org/ns/prod/sa/web"
+SPIFFE_KEY = "san/URI:spiffe:%2F%2Fexample.org%2Fns%2Fprod%2Fsa%2Fweb"
+
+
+@pytest.fixture(scope="module")
+def clients(pki: PKI) -> dict[str, Pair]:
+    """Client certificates of the test CA: alice by fingerprint, bob by pin
+    (and bob2, re-issued for his key), web by URI, dave by commonName, eve by none."""
+    ca = pki.ca
+
+    def issue(stem: str, cn: str, *sans: x509.GeneralName, key: object = None) -> Pair:
+        return ca.issue(f"tcprules-{stem}", client=True, subject={"CN": cn}, sans=sans, key=key)
+
+    bob = issue("bob", "bob")
+    return {
+        "alice": issue("alice", "alice"),
+        "bob": bob,
+        "bob2": issue("bob2", "bob", key=bob.private_key),
+        "web": issue("web", "web", x509.UniformResourceIdentifier(SPIFFE)),
+        "dave": issue("dave", "dave"),
+        "eve": issue("eve", "eve", x509.DNSName("eve.example.org")),
+    }
+
+
+@pytest.fixture(params=["dir", "cdb"])
+def tls_source(
+    request: pytest.FixtureRequest, tmp_path: Path, clients: dict[str, Pair]
+) -> list[str]:
+    alice, bob = clients["alice"], clients["bob"]
+    tree = make_tree(
+        tmp_path / "rules",
+        {
+            "ip4/0.0.0.0_0/allow": "",
+            "ip4/0.0.0.0_0/env/USER": "ip\n",
+            "ip4/0.0.0.0_0/env/A": "ip\n",
+            f"certhash/{alice.cert_hash}/allow": "",
+            f"certhash/{alice.cert_hash}/env/USER": "alice\n",
+            f"spki/{bob.spki_hash}/allow": "",
+            f"spki/{bob.spki_hash}/env/USER": "bob\n",
+            f"{SPIFFE_KEY}/allow": "",
+            f"{SPIFFE_KEY}/env/USER": "web\n",
+            f"{SPIFFE_KEY}/env/A": "",
+            "cn/dave/allow": "",
+            "cn/dave/exec": "fdmove -c 2 1 echo dave\n",
+            "cert/@/deny": "",
+            "cert/none/deny": "",
+        },
+    )
+    if request.param == "dir":
+        return ["-i", str(tree)]
+    assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0
+    return ["-x", str(tmp_path / "rules.cdb")]
+
+
+def test_check_explains_the_certificate_stage(
+    tls_source: list[str], clients: dict[str, Pair]
+) -> None:
+    alice, bob, bob2, web = (clients[n] for n in ("alice", "bob", "bob2", "web"))
+    done = tcprules("check", *tls_source, "--cert", str(alice.cert), "192.0.2.7")
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        "client: 192.0.2.7, no name",
+        "sni: none",
+        "alpn: none",
+        f"certificate: {alice.cert_hash}",
+        "decision: allow",
+        "key: ip4/0.0.0.0_0",
+        f"key: certhash/{alice.cert_hash}",
+        "set: A=ip",
+        "set: USER=alice",  # the certificate rule wins over the IP rule's
+    ]
+    der = tcprules("check", *tls_source, "--cert", str(alice.cert_der), "192.0.2.7")
+    assert der.stdout == done.stdout
+    # A pin holds for every certificate of the key; a URI is found by its escaped key.
+    for pair, key, user in ((bob, f"spki/{bob.spki_hash}", "bob"),
+                            (bob2, f"spki/{bob.spki_hash}", "bob"),
+                            (web, SPIFFE_KEY, "web")):  # fmt: skip
+        answer = json.loads(
+            tcprules("check", "--json", *tls_source, "--cert", str(pair.cert), "10.0.0.1").stdout
+        )
+        assert (answer["decision"], answer["key"]) == ("allow", "ip4/0.0.0.0_0")
+        assert answer["set"]["USER"] == user
+        assert answer["tls"] == {
+            "sni": None,
+            "alpn": None,
+            "certificate": pair.cert_hash,
+            "keys": ["sni/none", "alpn/none", key][2:],
+            "denied_by": None,
+            "tried": answer["tls"]["tried"],
+        }
+    # The web rule unsets A; -v lists the certificate keys tried up to the one found.
+    verbose = tcprules("check", "-v", *tls_source, "--cert", str(web.cert), "10.0.0.1")
+    lines = verbose.stdout.splitlines()
+    assert "unset: A" in lines and "set: USER=web" in lines
+    assert lines[-4:] == [
+        "tried: alpn/none",
+        f"tried: certhash/{web.cert_hash}",
+        f"tried: spki/{web.spki_hash}",
+        f"tried: {SPIFFE_KEY}",
+    ]
+    # A certificate rule's exec.
+    dave = tcprules("check", *tls_source, "--cert", str(clients["dave"].cert), "10.0.0.1")
+    assert 'exec: execlineb -c "fdmove -c 2 1 echo dave\\n"' in dave.stdout.splitlines()
+
+
+def test_check_explains_a_certificate_denial(
+    tls_source: list[str], clients: dict[str, Pair]
+) -> None:
+    eve = clients["eve"]
+    done = tcprules("check", *tls_source, "--cert", str(eve.cert), "192.0.2.7")
+    assert (done.returncode, done.stderr) == (1, "")
+    assert done.stdout.splitlines() == [
+        "client: 192.0.2.7, no name",
+        "sni: none",
+        "alpn: none",
+        f"certificate: {eve.cert_hash}",
+        "decision: deny",
+        "key: ip4/0.0.0.0_0",
+        "key: cert/@ (deny)",
+    ]
+    verbose = tcprules("check", "-v", *tls_source, "--cert", str(eve.cert), "192.0.2.7")
+    assert verbose.stdout.splitlines()[-6:] == [
+        "tried: alpn/none",
+        f"tried: certhash/{eve.cert_hash}",
+        f"tried: spki/{eve.spki_hash}",
+        "tried: san/DNS:eve.example.org",
+        "tried: cn/eve",
+        "tried: cert/@",
+    ]
+    none = tcprules("check", "--json", *tls_source, "--no-cert", "192.0.2.7")
+    assert none.returncode == 1
+    answer = json.loads(none.stdout)
+    assert (answer["decision"], answer["set"]) == ("deny", {})
+    assert answer["tls"]["denied_by"] == "cert/none"
+    assert answer["tls"]["certificate"] is None
+    # Without --cert or --no-cert, no certificate is asked for (no -Y, -y):
+    # the IP rule alone decides, and the TLS stage is not shown.
+    plain = tcprules("check", *tls_source, "192.0.2.7")
+    assert (plain.returncode, plain.stdout.splitlines()[:3]) == (
+        0,
+        ["client: 192.0.2.7, no name", "decision: allow", "key: ip4/0.0.0.0_0"],
+    )
+    bad = tcprules("check", *tls_source, "--cert", str(eve.key), "192.0.2.7")
+    assert (bad.returncode, bad.stderr) == (
+        111,
+        f"s6-tcprules: fatal: unable to read certificate {eve.key}: not a PEM or DER certificate\n",
+    )
+
+
+def test_list_orders_the_tls_families_as_the_server_tries_them(tmp_path: Path) -> None:
+    digest = "0123456789abcdef" * 4
+    keys = [
+        "ip4/10.0.0.0_8",
+        "ip6/::_0",
+        "reversedns/@",
+        "sni/a.example.org",
+        "sni/example.org",
+        "sni/@",
+        "sni/none",
+        "alpn/h2",
+        "alpn/@",
+        "alpn/none",
+        f"certhash/SHA256:{digest}",
+        f"spki/SHA256:{digest}",
+        "san/DNS:x.example.org",
+        SPIFFE_KEY,
+        "san/email:a@example.org",
+        "cn/alice",
+        "cert/@",
+        "cert/none",
+        "uid/0",
+    ]
+    order = [11, 3, 17, 0, 9, 14, 1, 16, 5, 12, 7, 18, 2, 15, 6, 10, 4, 13, 8]
+    tree = make_tree(tmp_path / "rules", {f"{keys[i]}/deny": "" for i in order})
+    listed = tcprules("list", "-i", str(tree))
+    assert listed.stdout.splitlines() == [f"{key} deny" for key in keys]
+    assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0
+    assert tcprules("list", "-x", str(tmp_path / "rules.cdb")).stdout == listed.stdout
+
+
+def test_add_and_remove_the_keys_of_the_tls_stage(tmp_path: Path, clients: dict[str, Pair]) -> None:
+    web, alice = clients["web"], clients["alice"]
+    digest = alice.cert_hash.partition(":")[2]
+    for rule in (
+        [f"san/URI:{SPIFFE}", "allow", "--env=USER=web"],  # into no directory yet
+        [f"certhash/SHA256:{digest.upper()}", "allow", "--env=USER=alice"],
+        [f"spki/sha256:{alice.spki_hash[7:]}", "allow"],
+        ["sni/Mail.Example.ORG.", "allow", "--exec=echo mail"],
+        ["sni/none", "allow"],
+        ["alpn/http/1.1", "allow"],
+        ["san/dns:Device1.Example.ORG", "allow"],
+        ["san/email:Carol@Example.org", "allow"],
+        ["cn/../ip4/0.0.0.0_0", "deny"],
+        ["cert/@", "deny"],
+        ["cert/none", "deny"],
+    ):
+        done = tcprules("add", "-i", "rules", *rule, cwd=tmp_path)
+        assert (done.returncode, done.stdout, done.stderr) == (0, "", ""), rule
+    rules = tmp_path / "rules"
+    assert tree_of(rules) == {
+        f"{SPIFFE_KEY}/allow": "",
+        f"{SPIFFE_KEY}/env/USER": "web\n",
+        f"certhash/{alice.cert_hash}/allow": "",
+        f"certhash/{alice.cert_hash}/env/USER": "alice\n",
+        f"spki/{alice.spki_hash}/allow": "",
+        "sni/mail.example.org/allow": "",
+        "sni/mail.example.org/exec": "echo mail",
+        "sni/none/allow": "",
+        "alpn/http%2F1.1/allow": "",
+        "san/DNS:device1.example.org/allow": "",
+        "san/email:Carol@Example.org/allow": "",
+        "cn/%2E.%2Fip4%2F0.0.0.0_0/deny": "",
+        "cert/@/deny": "",
+        "cert/none/deny": "",
+    }
+    # The first add made the whole ruleset: its IP parts and the key's own.
+    assert sorted(p.name for p in rules.iterdir()) == sorted(
+        ["ip4", "ip6", "reversedns", "san", "certhash", "spki", "sni", "alpn", "cn", "cert"]
+    )
+    # Written escaped, the same key: it has a rule.
+    again = tcprules("add", "-i", "rules", SPIFFE_KEY, "deny", cwd=tmp_path)
+    assert (again.returncode, again.stderr) == (
+        1,
+        f"s6-tcprules: fatal: {SPIFFE_KEY} already has a rule (use --replace)\n",
+    )
+    assert tcprules("add", "-i", "rules", "0.0.0.0/0", "allow", cwd=tmp_path).returncode == 0
+    checked = tcprules(
+        "check", "--json", "-i", "rules", "--cert", str(web.cert), "10.0.0.1", cwd=tmp_path
+    )
+    answer = json.loads(checked.stdout)
+    assert (answer["decision"], answer["set"], answer["tls"]["keys"]) == (
+        "allow",
+        {"USER": "web"},
+        ["sni/none", SPIFFE_KEY],
+    )
+    # remove takes the same forms.
+    assert tcprules("remove", "-i", "rules", f"san/URI:{SPIFFE}", cwd=tmp_path).returncode == 0
+    assert tcprules("remove", "-i", "rules", "cn/../ip4/0.0.0.0_0", cwd=tmp_path).returncode == 0
+    gone = tcprules("remove", "-i", "rules", SPIFFE_KEY, cwd=tmp_path)
+    assert (gone.returncode, gone.stderr) == (1, f"s6-tcprules: fatal: {SPIFFE_KEY} has no rule\n")
+    assert not (rules / SPIFFE_KEY).exists() and not (rules / "cn/%2E.%2Fip4%2F0.0.0.0_0").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("certhash/SHA256:abc", "expected certhash/SHA256: and the 64 hex digits"),
+        ("certhash/MD5:" + "0" * 32, "expected certhash/SHA256:"),
+        ("spki/" + "0" * 64, "expected spki/SHA256:"),
+        ("san/IP:192.0.2.1", "expected san/DNS:NAME, san/URI:URI or san/email:ADDRESS"),
+        ("cert/anyone", "expected cert/@ or cert/none"),
+        ("sni/", "the value is empty"),
+        ("cn/" + "x" * 256, "over 255 bytes once escaped"),
+    ],
+)
+def test_add_refuses_a_tls_key_the_server_never_looks_up(
+    tmp_path: Path, key: str, message: str
+) -> None:
+    (tmp_path / "rules").mkdir()
+    done = tcprules("add", "-i", "rules", key, "deny", cwd=tmp_path)
+    assert done.returncode == 100
+    assert done.stderr.startswith(f"s6-tcprules: fatal: invalid key {key!r}: ")
+    assert message in done.stderr
+    assert entries(tmp_path) == ["rules"]
+
+
+def test_help_names_the_keys_of_the_tls_stage() -> None:
+    done = tcprules("--help")
+    text = " ".join(done.stdout.split())
+    assert "certhash/SHA256:HEX, spki/SHA256:HEX, san/DNS:NAME, san/URI:URI," in text
+    assert "san/URI:spiffe://example.org/x is san/URI:spiffe:%2F%2Fexample.org%2Fx" in text
+
+
+def test_a_running_server_follows_certificate_rules_added_and_removed(
+    server: ServerFactory, pki: PKI, tmp_path: Path, clients: dict[str, Pair]
+) -> None:
+    web, eve = clients["web"], clients["eve"]
+    rules = tmp_path / "rules"
+    for rule in (["0.0.0.0/0", "allow"], ["cert/@", "deny"]):
+        assert tcprules("add", "-i", str(rules), *rule).returncode == 0
+    env = {**pki.env(), "CAFILE": str(pki.ca.pem)}
+    srv = server("-H", "-y", "-i", str(rules), "127.0.0.1", "0", "/usr/bin/env", env=env)
+
+    def user(pair: Pair) -> str | None:
+        ctx = client.context(cert=(pair.key, pair.cert))
+        with client.connect(srv.port, ctx=ctx) as s:
+            data, _ = client.read_all(s)
+        return client.env_of(data).get("USER") if data else None
+
+    assert user(web) is None
+    added = tcprules("add", "-i", str(rules), f"san/URI:{SPIFFE}", "allow", "--env=USER=web")
+    assert added.returncode == 0
+    assert (user(web), user(eve)) == ("web", None)
+    assert tcprules("remove", "-i", str(rules), f"san/URI:{SPIFFE}").returncode == 0
+    assert user(web) is None

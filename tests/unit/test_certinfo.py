@@ -22,6 +22,7 @@ from s6tls.certinfo import (
     MAX_SERIAL,
     CertFacts,
     CertificateError,
+    crl_next_update,
     read_certificate,
     subject_of,
 )
@@ -535,3 +536,74 @@ def test_fuzz_nesting(tags: list[int], core: bytes) -> None:
         data = tlv(tag, data)
     outcome(data)
     outcome(seq(data))
+
+
+# --- a CRL's next update -----------------------------------------------------
+
+
+def make_crl(next_update: datetime.datetime) -> bytes:
+    return (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(x509.Name([x509.NameAttribute(CN, "CA")]))
+        .last_update(min(NOW, next_update))
+        .next_update(next_update)
+        .add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(7).revocation_date(NOW).build()
+        )
+        .sign(EC_KEY, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),  # UTCTime
+        datetime.datetime(1999, 12, 31, 23, 59, 59, tzinfo=datetime.UTC),
+        datetime.datetime(2051, 6, 7, 8, 9, 10, tzinfo=datetime.UTC),  # GeneralizedTime
+    ],
+)
+def test_crl_next_update(when: datetime.datetime) -> None:
+    assert crl_next_update(make_crl(when)) == int(when.timestamp())
+
+
+def hand_crl(*times: bytes, version: bytes = integer(1)) -> bytes:
+    tbs = seq(version, ALGORITHM, ISSUER, *times)
+    return seq(tbs, ALGORITHM, tlv(0x03, b"\x00" + b"\x01" * 64))
+
+
+def test_crl_without_next_update_or_version() -> None:
+    this_update = tlv(0x17, b"240101000000Z")
+    assert crl_next_update(hand_crl(this_update)) is None
+    assert crl_next_update(hand_crl(this_update, seq())) is None  # revokedCertificates
+    assert crl_next_update(hand_crl(this_update, tlv(0x17, b"240102000000Z"), version=b"")) == (
+        int(datetime.datetime(2024, 1, 2, tzinfo=datetime.UTC).timestamp())
+    )
+
+
+@pytest.mark.parametrize(
+    "der",
+    [
+        b"",
+        b"\x30\x00",
+        hand_crl(),  # no thisUpdate
+        hand_crl(tlv(0x04, b"240101000000Z")),
+        hand_crl(tlv(0x17, b"240101000000Z"), tlv(0x17, b"2401020000Z")),
+        hand_crl(tlv(0x17, b"240101000000Z"), tlv(0x18, b"240102000000Z")),
+        hand_crl(tlv(0x17, b"240101000000Z"), tlv(0x17, b"241302000000Z")),
+        hand_crl(tlv(0x17, b"240101000000Z"), tlv(0x17, b"24010200000+Z")),
+        hand_crl(tlv(0x17, b"240101000000Z"), tlv(0x17, b"240102000000+0100")),
+    ],
+)
+def test_crl_next_update_malformed(der: bytes) -> None:
+    with pytest.raises(CertificateError):
+        crl_next_update(der)
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_fuzz_crl_next_update(data: bytes) -> None:
+    try:
+        crl_next_update(data)
+    except CertificateError:
+        pass

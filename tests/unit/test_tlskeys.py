@@ -15,11 +15,12 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s6tls.rules import DirRules, Rule, most_specific_first, write_tree
+from s6tls.rules import DirRules, Rule, most_specific_first, tlskeys, write_tree
 from s6tls.rules.cdbfile import CdbRules, compile_dir, write_cdb
+from s6tls.rules.edit import canonical_key
 from s6tls.rules.fs import is_safe_key
 from s6tls.rules.keys import ALL_FAMILIES, FAMILIES, TLS_FAMILIES
-from s6tls.rules.tlskeys import NAME_MAX, alpn_keys, cert_keys, escape, sni_keys
+from s6tls.rules.tlskeys import NAME_MAX, alpn_keys, cert_keys, escape, is_escaped, sni_keys
 from s6tls.sslvars import TlsInfo
 from tests.support.der import (
     CN_OID,
@@ -339,6 +340,163 @@ def test_cert_keys_stay_in_their_family(names: list[tuple[int, bytes]], cn: byte
             assert (tag, unescape(rest)) in read
         else:
             assert family == "cn" and unescape(component) == cn
+
+
+# --- reading a component back, and the keys s6-tcprules add writes ------------
+
+
+@pytest.mark.parametrize(
+    ("component", "value"),
+    [
+        ("example.org", b"example.org"),
+        ("spiffe:%2F%2Fexample.org%2Fx", b"spiffe://example.org/x"),
+        ("100%25", b"100%"),
+        ("%2E.", b".."),
+        ("caf%E9", b"caf\xe9"),
+        ("café", "café".encode()),
+        ("%6Eone", b"none"),
+        ("%2f", b"/"),  # lower-case hex reads too (escape never writes it)
+        ("", b""),
+    ],
+)
+def test_unescape(component: str, value: bytes) -> None:
+    assert tlskeys.unescape(component) == value
+
+
+@pytest.mark.parametrize("component", ["%", "100%", "%4", "%zz", "a%-1b", "%%41"])
+def test_unescape_refuses_a_percent_without_two_hex_digits(component: str) -> None:
+    with pytest.raises(ValueError, match="not followed by two hex digits"):
+        tlskeys.unescape(component)
+
+
+@PROPERTY
+@given(st.binary(max_size=64) | st.text(max_size=32).map(str.encode))
+def test_unescape_reads_what_escape_writes(value: bytes) -> None:
+    component = escape(value)
+    assert tlskeys.unescape(component) == value == unescape(component)
+    assert is_escaped(component)
+
+
+@pytest.mark.parametrize(
+    ("value", "escaped"),
+    [
+        ("spiffe:%2F%2Fexample.org", True),
+        ("spiffe://example.org", False),  # a / is never escaped form
+        ("a%2fb", False),  # escape writes upper-case hex
+        ("100%", False),
+        ("%6Eone", True),
+        ("none", False),  # "none" itself is a word, its value is %6Eone
+        ("%2E.", True),
+        ("..", False),
+        ("tab\there", False),
+        ("café", True),
+    ],
+)
+def test_is_escaped(value: str, escaped: bool) -> None:
+    assert is_escaped(value) is escaped
+
+
+HEX = "0123456789abcdef" * 4
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("sni/Mail.Example.ORG.", "sni/mail.example.org"),
+        ("sni/@", "sni/@"),
+        ("sni/none", "sni/none"),
+        ("sni/%6Eone", "sni/%6Eone"),  # the name "none"
+        ("sni/%2Eb", "sni/%2Eb"),
+        ("alpn/h2", "alpn/h2"),
+        ("alpn/http/1.1", "alpn/http%2F1.1"),
+        ("alpn/http%2F1.1", "alpn/http%2F1.1"),
+        ("alpn/H2", "alpn/H2"),  # protocols keep their case
+        ("alpn/@", "alpn/@"),
+        ("alpn/none", "alpn/none"),
+        (f"certhash/SHA256:{HEX.upper()}", f"certhash/SHA256:{HEX}"),
+        (f"certhash/sha256:{HEX}", f"certhash/SHA256:{HEX}"),
+        (f"spki/SHA256:{HEX}", f"spki/SHA256:{HEX}"),
+        (
+            "san/URI:spiffe://example.org/ns/prod/sa/web",
+            "san/URI:spiffe:%2F%2Fexample.org%2Fns%2Fprod%2Fsa%2Fweb",
+        ),
+        (
+            "san/URI:spiffe:%2F%2Fexample.org%2Fns%2Fprod%2Fsa%2Fweb",
+            "san/URI:spiffe:%2F%2Fexample.org%2Fns%2Fprod%2Fsa%2Fweb",
+        ),
+        ("san/URI:https://x/a%2fb", "san/URI:https:%2F%2Fx%2Fa%252fb"),
+        ("san/DNS:Device1.Example.ORG", "san/DNS:device1.example.org"),
+        ("san/dns:x.example", "san/DNS:x.example"),
+        ("san/email:Carol@Example.org", "san/email:Carol@Example.org"),
+        ("san/EMAIL:a@b", "san/email:a@b"),
+        ("cn/John Doe", "cn/John Doe"),
+        ("cn/none", "cn/%6Eone"),
+        ("cn/@", "cn/%40"),
+        ("cn/../ip4/0.0.0.0_0", "cn/%2E.%2Fip4%2F0.0.0.0_0"),
+        ("cn/%2E.%2Fip4%2F0.0.0.0_0", "cn/%2E.%2Fip4%2F0.0.0.0_0"),
+        ("cn/100%", "cn/100%25"),
+        ("cn/tab\there", "cn/tab%09here"),
+        ("cn/caf\udce9", "cn/caf%E9"),  # a command-line byte that is not UTF-8
+        ("cert/@", "cert/@"),
+        ("cert/none", "cert/none"),
+    ],
+)
+def test_canonical_key_of_the_tls_stage(text: str, key: str) -> None:
+    assert canonical_key(text) == key
+    assert canonical_key(key) == key
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("certhash/SHA256:abc", "64 hex digits"),
+        (f"certhash/SHA256:{HEX[:-1]}g", "64 hex digits"),
+        (f"certhash/{HEX}", "64 hex digits"),
+        (f"spki/SHA1:{HEX}", "64 hex digits"),
+        ("san/IP:192.0.2.1", "san/DNS:NAME, san/URI:URI or san/email:ADDRESS"),
+        ("san/example.org", "san/DNS:NAME"),
+        ("cert/any", "cert/@ or cert/none"),
+        ("cert/", "cert/@ or cert/none"),
+        ("sni/", "the value is empty"),
+        ("sni/.", "the value is empty"),
+        ("cn/", "the value is empty"),
+        ("san/URI:", "the value is empty"),
+        ("sni/" + "a" * 256, "over 255 bytes once escaped"),
+        ("cn/" + "%41" * 255, "over 255 bytes once escaped"),  # 255 bytes as written, 765 escaped
+        ("uid/0", "invalid key 'uid/0'"),
+    ],
+)
+def test_canonical_key_refuses_what_the_server_never_looks_up(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        canonical_key(text)
+
+
+@PROPERTY
+@given(st.lists(st.tuples(st.sampled_from([0x81, 0x82, 0x86]), values), max_size=4), values)
+def test_every_key_of_a_certificate_is_one_add_writes(
+    names: list[tuple[int, bytes]], cn: bytes
+) -> None:
+    der = hand_cert(
+        subject=name((CN_OID, 0x0C, cn)),
+        extensions=[sans(*(tlv(tag, value) for tag, value in names))],
+    )
+    for key in cert_keys(der, asked=True):
+        assert canonical_key(key) == key
+
+
+@PROPERTY
+@given(values)
+def test_every_alpn_key_is_one_add_writes(value: bytes) -> None:
+    for key in alpn_keys(value):
+        assert canonical_key(key) == key
+
+
+@PROPERTY
+@given(DNS_LIKE)
+def test_an_sni_key_is_one_add_writes(name: str) -> None:
+    for key in sni_keys(name):
+        if not key.endswith("."):  # "a.." looks up sni/a., which add writes sni/a
+            assert canonical_key(key) == key
 
 
 # --- listings ----------------------------------------------------------------

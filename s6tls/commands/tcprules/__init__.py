@@ -55,7 +55,13 @@ KEY is ip4/ADDRESS_LENGTH, ip6/ADDRESS_LENGTH, reversedns/NAME,
 reversedns/@, or the shorthand ADDRESS or ADDRESS/LENGTH; after the
 handshake, sni/NAME, sni/@, sni/none, alpn/PROTOCOL, alpn/@, alpn/none,
 certhash/SHA256:HEX, spki/SHA256:HEX, san/DNS:NAME, san/URI:URI,
-san/email:ADDRESS, cn/TEXT, cert/@ or cert/none.
+san/email:ADDRESS, cn/TEXT, cert/@ or cert/none. add and remove write
+the key as the server looks it up: the address in its canonical form, an
+SNI or DNS name lower-cased, HEX the 64 digits of a SHA-256 digest in lower case
+(SSL_PEER_CERT_HASH for certhash/), and a value escaped into one file
+name (/ as %2F, % as %25, a leading . as %2E, other bytes as %XX) unless
+it is written so already: san/URI:spiffe://example.org/x is
+san/URI:spiffe:%2F%2Fexample.org%2Fx.
 
 Options:
   -i DIR             rules directory
