@@ -1,5 +1,6 @@
-"""TLS contexts: built from the key, certificate and trust anchor files, chosen
-by SNI, and rebuilt when a file changes.
+"""TLS contexts: built from the key, certificate, trust anchor and revocation
+files (``s6tls.shell.keyfiles`` loads them), chosen by SNI, and rebuilt when
+a file changes.
 
 Upstream reads its files for every connection (a process each), so a
 replaced certificate serves the next client; here one context serves many
@@ -8,20 +9,14 @@ connections, and ``ContextCache`` keeps that promise for a stat per file.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import errno
-import os
-import re
 import ssl
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from functools import partial
 
-from s6tls.errors import SystemFailure
 from s6tls.options import ClientCert
 from s6tls.shell.files import FileIdentity, Files, LocalFiles
+from s6tls.shell.keyfiles import TlsConfigError, load_crls, load_pair, load_trust
 from s6tls.tlsconfig import TlsSettings, match_name
 
 # TLS 1.2 suites: forward secrecy (ECDHE) and AEAD only, in this order of
@@ -35,21 +30,6 @@ _VERIFY = {
     ClientCert.OPTIONAL: ssl.CERT_OPTIONAL,
     ClientCert.REQUIRED: ssl.CERT_REQUIRED,
 }
-
-
-class TlsConfigError(SystemFailure):
-    """A key, certificate or trust anchor file cannot be used.
-
-    ``transient`` is true when the system, not the file, was the problem (out
-    of descriptors or memory): the same file may load at the next try.
-    """
-
-    def __init__(self, message: str, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-
-
-_TRANSIENT = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR}
 
 
 # RFC 7301, section 3.2: the server supports none of the client's protocols.
@@ -121,88 +101,6 @@ def _alpn_refusal(alpn: tuple[str, ...], received: bytes | bytearray) -> str | N
     return f"no application protocol in common (offered: {offered})"
 
 
-def _read(files: Files, path: str, what: str) -> bytes:
-    try:
-        return files.read(path)
-    except OSError as e:
-        message = f"unable to read {what} {path}: {e.strerror}"
-        raise TlsConfigError(message, transient=e.errno in _TRANSIENT) from None
-
-
-def _pem(der: bytes, label: str) -> bytes:
-    body = base64.encodebytes(der).decode("ascii")
-    return f"-----BEGIN {label}-----\n{body}-----END {label}-----\n".encode()
-
-
-def _is_pem(data: bytes) -> bool:
-    return b"-----BEGIN " in data
-
-
-def _cert_pem(data: bytes) -> bytes:
-    return data if _is_pem(data) else ssl.DER_cert_to_PEM_cert(data).encode("ascii")
-
-
-def _key_pems(data: bytes) -> list[bytes]:
-    """PEM forms to try for a key: a DER key may be PKCS#8, SEC1 or PKCS#1."""
-    if _is_pem(data):
-        return [data]
-    return [_pem(data, label) for label in ("PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY")]
-
-
-@contextmanager
-def _memory_file(data: bytes) -> Iterator[str]:
-    """A path to data that never touches a disk (key material included)."""
-    fd = os.memfd_create("s6tls", os.MFD_CLOEXEC)
-    try:
-        os.write(fd, data)
-        yield f"/proc/self/fd/{fd}"
-    finally:
-        os.close(fd)
-
-
-# OpenSSL's names for a key that does not go with its certificate.
-_PAIR_REASONS = {
-    "KEY_VALUES_MISMATCH": "the key does not match the certificate",
-    "NO_CERTIFICATE_ASSIGNED": "the key does not match the certificate",
-}
-
-
-def _load_pair(ctx: ssl.SSLContext, files: Files, keyfile: str, certfile: str) -> None:
-    cert = _cert_pem(_read(files, certfile, "certificate"))
-    key = _read(files, keyfile, "key")
-    reason = "no usable key"
-    with _memory_file(cert) as cert_path:
-        for candidate in _key_pems(key):
-            with _memory_file(candidate) as key_path:
-                try:
-                    ctx.load_cert_chain(cert_path, key_path)
-                    return
-                except ssl.SSLError as e:
-                    reason = _PAIR_REASONS.get(e.reason or "", e.reason or "not a PEM or DER key")
-    raise TlsConfigError(f"unable to use key {keyfile} with certificate {certfile}: {reason}")
-
-
-def _load_trust(ctx: ssl.SSLContext, files: Files, cafile: str | None, cadir: str | None) -> None:
-    """Trust anchors from CADIR (any file names, PEM or DER) or else CAFILE (PEM)."""
-    if cadir:
-        try:
-            paths = files.listdir(cadir)
-        except OSError as e:
-            raise TlsConfigError(f"unable to read CADIR {cadir}: {e.strerror}") from None
-    else:
-        paths = [cafile] if cafile else []
-    for path in paths:
-        data = _read(files, path, "trust anchors in")
-        try:
-            if _is_pem(data):
-                ctx.load_verify_locations(cadata=data.decode("ascii", "replace"))
-            else:
-                ctx.load_verify_locations(cadata=data)
-        except (ssl.SSLError, ValueError) as e:
-            reason = getattr(e, "reason", None) or str(e)
-            raise TlsConfigError(f"unable to read trust anchors in {path}: {reason}") from None
-
-
 class ServerContext(ssl.SSLContext):
     """A server context, and when it must be built again although no file
     changed: ``crl_deadline``, a second after the next of its CRLs to pass
@@ -212,49 +110,6 @@ class ServerContext(ssl.SSLContext):
     empty session cache) resumes none of them."""
 
     crl_deadline: float | None = None
-
-
-def _load_crls(ctx: ssl.SSLContext, files: Files, crlfile: str) -> float | None:
-    """CRLFILE: the PEM CRLs that client certificates are checked against.
-
-    Only the client's own certificate is checked (its issuer's CRL must be
-    in the file, or it is refused): OpenSSL's check of the whole chain would
-    refuse every client whose intermediate CAs have no CRL here.
-
-    Returns the context's ``crl_deadline`` (ServerContext).
-    """
-    data = _read(files, crlfile, "revocation list")
-    before = ctx.cert_store_stats()["crl"]
-    try:
-        with _memory_file(data) as path:
-            ctx.load_verify_locations(cafile=path)
-    except ssl.SSLError as e:
-        # OpenSSL gives no reason for a PEM block it cannot decode ("PEM lib").
-        reason = e.reason or "bad PEM data"
-        raise TlsConfigError(f"unable to read revocation list {crlfile}: {reason}") from None
-    if ctx.cert_store_stats()["crl"] == before:
-        raise TlsConfigError(f"unable to read revocation list {crlfile}: no PEM X509 CRL in it")
-    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    return _crl_deadline(data, time.time())
-
-
-_PEM_CRL = re.compile(rb"-----BEGIN X509 CRL-----(.*?)-----END X509 CRL-----", re.DOTALL)
-
-
-def _crl_deadline(data: bytes, now: float) -> float | None:
-    """A second after the earliest next update of the CRLs in data that OpenSSL
-    does not already see as past (it is past once the second after it begins)."""
-    from s6tls.certinfo import CertificateError, crl_next_update  # with CRLFILE only
-
-    deadlines = []
-    for block in _PEM_CRL.findall(data):
-        try:
-            next_update = crl_next_update(base64.b64decode(block))
-        except (CertificateError, binascii.Error, ValueError):
-            continue  # OpenSSL loaded it: only its date is unknown
-        if next_update is not None and next_update + 1 > now:
-            deadlines.append(next_update + 1.0)
-    return min(deadlines, default=None)
 
 
 def make_context(settings: TlsSettings, files: Files) -> ServerContext:
@@ -293,12 +148,12 @@ def _pair_context(
     # One ticket is all a client needs to resume; OpenSSL's default of two
     # costs a second ticket's encryption (about 40 us) per full handshake.
     ctx.num_tickets = 1
-    _load_pair(ctx, files, keyfile, certfile)
+    load_pair(ctx, files, keyfile, certfile)
     ctx.verify_mode = _VERIFY[settings.client_cert]
     if settings.client_cert is not ClientCert.NONE:
-        _load_trust(ctx, files, settings.cafile, settings.cadir)
+        load_trust(ctx, files, settings.cafile, settings.cadir)
         if settings.crlfile:
-            ctx.crl_deadline = _load_crls(ctx, files, settings.crlfile)
+            ctx.crl_deadline = load_crls(ctx, files, settings.crlfile)
     return ctx
 
 

@@ -20,7 +20,8 @@ from s6tls import logline
 from s6tls.environ import Connection, apply, tcp_environ
 from s6tls.identity import IdentityError
 from s6tls.shell.access import Denied, check_access, check_tls
-from s6tls.shell.contexts import CRL_HAS_EXPIRED, TlsConfigError
+from s6tls.shell.contexts import CRL_HAS_EXPIRED
+from s6tls.shell.keyfiles import TlsConfigError
 from s6tls.shell.proxyread import ProxyFailed, read_proxy_header
 from s6tls.shell.relay import relay
 from s6tls.shell.service import Service

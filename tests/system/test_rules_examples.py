@@ -509,6 +509,8 @@ def test_two_services_by_sni(mail_service: MailService, pki: PKI) -> None:
     assert log.wait_log("handshake: no SNI name sent")
     assert mail_service.started() == ["imapd", "submissiond", "imapd", "submissiond"]
     assert "Traceback" not in log.log()
+
+
 # The digests the README's session shows, for certificates of its own.
 README_CERT_HASH = "0eae4581482f14f185c167c69f97152838f229dc9606ba83d60713996d4d677c"
 README_SPKI_HASH = "5d3c2f2b0b8a6c1e9f7a4d0e6b2c8f1a3e5d7c9b0a2f4e6d8c1b3a5f7e9d0c2b"

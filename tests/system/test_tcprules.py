@@ -1231,7 +1231,7 @@ def clients(pki: PKI) -> dict[str, Pair]:
 
 
 @pytest.fixture(params=["dir", "cdb"])
-def tls_source(
+def cert_source(
     request: pytest.FixtureRequest, tmp_path: Path, clients: dict[str, Pair]
 ) -> list[str]:
     alice, bob = clients["alice"], clients["bob"]
@@ -1261,10 +1261,10 @@ def tls_source(
 
 
 def test_check_explains_the_certificate_stage(
-    tls_source: list[str], clients: dict[str, Pair]
+    cert_source: list[str], clients: dict[str, Pair]
 ) -> None:
     alice, bob, bob2, web = (clients[n] for n in ("alice", "bob", "bob2", "web"))
-    done = tcprules("check", *tls_source, "--cert", str(alice.cert), "192.0.2.7")
+    done = tcprules("check", *cert_source, "--cert", str(alice.cert), "192.0.2.7")
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines() == [
         "client: 192.0.2.7, no name",
@@ -1277,14 +1277,14 @@ def test_check_explains_the_certificate_stage(
         "set: A=ip",
         "set: USER=alice",  # the certificate rule wins over the IP rule's
     ]
-    der = tcprules("check", *tls_source, "--cert", str(alice.cert_der), "192.0.2.7")
+    der = tcprules("check", *cert_source, "--cert", str(alice.cert_der), "192.0.2.7")
     assert der.stdout == done.stdout
     # A pin holds for every certificate of the key; a URI is found by its escaped key.
     for pair, key, user in ((bob, f"spki/{bob.spki_hash}", "bob"),
                             (bob2, f"spki/{bob.spki_hash}", "bob"),
                             (web, SPIFFE_KEY, "web")):  # fmt: skip
         answer = json.loads(
-            tcprules("check", "--json", *tls_source, "--cert", str(pair.cert), "10.0.0.1").stdout
+            tcprules("check", "--json", *cert_source, "--cert", str(pair.cert), "10.0.0.1").stdout
         )
         assert (answer["decision"], answer["key"]) == ("allow", "ip4/0.0.0.0_0")
         assert answer["set"]["USER"] == user
@@ -1297,7 +1297,7 @@ def test_check_explains_the_certificate_stage(
             "tried": answer["tls"]["tried"],
         }
     # The web rule unsets A; -v lists the certificate keys tried up to the one found.
-    verbose = tcprules("check", "-v", *tls_source, "--cert", str(web.cert), "10.0.0.1")
+    verbose = tcprules("check", "-v", *cert_source, "--cert", str(web.cert), "10.0.0.1")
     lines = verbose.stdout.splitlines()
     assert "unset: A" in lines and "set: USER=web" in lines
     assert lines[-4:] == [
@@ -1307,15 +1307,15 @@ def test_check_explains_the_certificate_stage(
         f"tried: {SPIFFE_KEY}",
     ]
     # A certificate rule's exec.
-    dave = tcprules("check", *tls_source, "--cert", str(clients["dave"].cert), "10.0.0.1")
+    dave = tcprules("check", *cert_source, "--cert", str(clients["dave"].cert), "10.0.0.1")
     assert 'exec: execlineb -c "fdmove -c 2 1 echo dave\\n"' in dave.stdout.splitlines()
 
 
 def test_check_explains_a_certificate_denial(
-    tls_source: list[str], clients: dict[str, Pair]
+    cert_source: list[str], clients: dict[str, Pair]
 ) -> None:
     eve = clients["eve"]
-    done = tcprules("check", *tls_source, "--cert", str(eve.cert), "192.0.2.7")
+    done = tcprules("check", *cert_source, "--cert", str(eve.cert), "192.0.2.7")
     assert (done.returncode, done.stderr) == (1, "")
     assert done.stdout.splitlines() == [
         "client: 192.0.2.7, no name",
@@ -1326,7 +1326,7 @@ def test_check_explains_a_certificate_denial(
         "key: ip4/0.0.0.0_0",
         "key: cert/@ (deny)",
     ]
-    verbose = tcprules("check", "-v", *tls_source, "--cert", str(eve.cert), "192.0.2.7")
+    verbose = tcprules("check", "-v", *cert_source, "--cert", str(eve.cert), "192.0.2.7")
     assert verbose.stdout.splitlines()[-6:] == [
         "tried: alpn/none",
         f"tried: certhash/{eve.cert_hash}",
@@ -1335,7 +1335,7 @@ def test_check_explains_a_certificate_denial(
         "tried: cn/eve",
         "tried: cert/@",
     ]
-    none = tcprules("check", "--json", *tls_source, "--no-cert", "192.0.2.7")
+    none = tcprules("check", "--json", *cert_source, "--no-cert", "192.0.2.7")
     assert none.returncode == 1
     answer = json.loads(none.stdout)
     assert (answer["decision"], answer["set"]) == ("deny", {})
@@ -1343,12 +1343,12 @@ def test_check_explains_a_certificate_denial(
     assert answer["tls"]["certificate"] is None
     # Without --cert or --no-cert, no certificate is asked for (no -Y, -y):
     # the IP rule alone decides, and the TLS stage is not shown.
-    plain = tcprules("check", *tls_source, "192.0.2.7")
+    plain = tcprules("check", *cert_source, "192.0.2.7")
     assert (plain.returncode, plain.stdout.splitlines()[:3]) == (
         0,
         ["client: 192.0.2.7, no name", "decision: allow", "key: ip4/0.0.0.0_0"],
     )
-    bad = tcprules("check", *tls_source, "--cert", str(eve.key), "192.0.2.7")
+    bad = tcprules("check", *cert_source, "--cert", str(eve.key), "192.0.2.7")
     assert (bad.returncode, bad.stderr) == (
         111,
         f"s6-tcprules: fatal: unable to read certificate {eve.key}: not a PEM or DER certificate\n",
