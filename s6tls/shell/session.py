@@ -1,9 +1,10 @@
 """One connection, from accept to prog's end, through upstream's stages.
 
 access (banner, names, rules) → proxy (-L) → tls (context, handshake) →
-launch (argv, identity, environment) → spawn → relay → reap. Each stage is a
-call into the module named after its job; this module only strings them
-together and logs the outcome.
+tls rules (ours: SNI, ALPN, certificate) → launch (argv, identity,
+environment) → spawn → relay → reap. Each stage is a call into the module
+named after its job; this module only strings them together and logs the
+outcome.
 """
 
 from __future__ import annotations
