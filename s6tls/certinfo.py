@@ -27,7 +27,6 @@ next update.
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
 from typing import Literal
 
@@ -215,7 +214,19 @@ def _time(tag: int, value: bytes) -> int:
     )
     if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 60):
         raise CertificateError("bad time")
-    return calendar.timegm((year, month, day, hour, minute, second))
+    return _days_since_epoch(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+
+
+def _days_since_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+    (the civil-from-days algorithm run backwards; calendar.timegm would
+    import datetime and locale, half a MiB, into every server)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
 
 
 def _subject(subject: _Reader) -> tuple[tuple[str, bytes], ...]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from s6tls.certinfo import CertificateError, read_certificate
 from s6tls.sslvars import cert_hash
 
 __all__ = ["NAME_MAX", "alpn_keys", "cert_keys", "escape", "is_escaped", "sni_keys", "unescape"]
@@ -157,6 +156,8 @@ def cert_keys(der: bytes | None, asked: bool) -> list[str]:
         return []
     if der is None:
         return ["cert/none"]
+    from s6tls.certinfo import CertificateError, read_certificate  # with -Y or -y only
+
     keys = [f"certhash/{cert_hash(der)}"]
     try:
         facts = read_certificate(der)

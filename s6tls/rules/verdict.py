@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from s6tls.rules.codec import Rule
-from s6tls.rules.tlskeys import alpn_keys, cert_keys, sni_keys
 
 if TYPE_CHECKING:
     from s6tls.rules import RuleSource
@@ -65,6 +64,8 @@ def tls_lookups(
     ``cert_asked``: the server asked for a client certificate (-Y or -y);
     without, no certificate key is tried.
     """
+    from s6tls.rules.tlskeys import alpn_keys, cert_keys, sni_keys  # with -i or -x only
+
     lookups = [sni_keys(servername), alpn_keys(protocol)]
     if cert_asked:
         lookups.append(cert_keys(peer_der, True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime
 import hashlib
 import ipaddress
@@ -607,3 +608,13 @@ def test_fuzz_crl_next_update(data: bytes) -> None:
         crl_next_update(data)
     except CertificateError:
         pass
+
+
+@given(
+    st.datetimes(min_value=datetime.datetime(1950, 1, 1), max_value=datetime.datetime(9999, 12, 31))
+)
+def test_times_count_seconds_as_the_utc_calendar_does(when: datetime.datetime) -> None:
+    from s6tls.certinfo import _GENERALIZED_TIME, _time
+
+    text = when.strftime("%Y%m%d%H%M%SZ").encode()
+    assert _time(_GENERALIZED_TIME, text) == calendar.timegm(when.timetuple())
