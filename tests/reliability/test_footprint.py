@@ -27,6 +27,11 @@ pytestmark = pytest.mark.timeout(60)
 # Modules by the options that need them.
 LOOKUP_MODULES = ("dns", "s6tls.shell.names", "s6tls.shell.dnsclient", "s6tls.ident")
 CDB_MODULES = ("cdbx", "s6tls.rules.cdbfile")
+# The TLS stage's keys come with rules, the certificate reader with -Y or -y;
+# the calendar (and the datetime and locale it brings) with dnspython only.
+RULES_MODULES = ("s6tls.rules.tlskeys",)
+CERTIFICATE_MODULES = ("s6tls.certinfo",)
+CALENDAR_MODULES = ("calendar", "datetime", "locale")
 CDB_LIBRARY = "/cdbx/_cdb."  # cdbx's extension module, as mapped
 
 
@@ -78,6 +83,9 @@ def test_code_is_loaded_only_for_the_options_that_need_it(
     assert "s6tls.shell.main" in modules  # the trace is there
     assert loads(modules, LOOKUP_MODULES) == lookups
     assert loads(modules, CDB_MODULES) == cdb
+    assert loads(modules, RULES_MODULES) == cdb
+    assert not loads(modules, CERTIFICATE_MODULES)
+    assert loads(modules, CALENDAR_MODULES) == lookups
     mapped = observe.mapped_files(srv.pid)
     assert any(CDB_LIBRARY in path for path in mapped) == cdb
 
