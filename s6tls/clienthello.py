@@ -182,17 +182,20 @@ class _Cursor:
 
 def _parse_hello(body: bytes, end: int) -> ClientHello:
     """Parse a ClientHello message body (after the type and length)."""
-    hello = _Cursor(body, "ClientHello")
-    legacy_version = hello.number(2)
-    hello.take(32)  # random
-    hello.vector(1, 0, 32, "session id")
-    if hello.vector(2, 2, 0xFFFE, "cipher suites").left() % 2:
+    if len(body) < 34:
+        raise ClientHelloError("ClientHello truncated")
+    legacy_version = body[0] << 8 | body[1]  # then 32 bytes of random
+    _, pos = _vector(body, 34, 1, 0, 32, "session id")
+    start, pos = _vector(body, pos, 2, 2, 0xFFFE, "cipher suites")
+    if (pos - start) % 2:
         raise ClientHelloError("bad cipher suites length")
-    hello.vector(1, 1, 0xFF, "compression methods")
+    _, pos = _vector(body, pos, 1, 1, 0xFF, "compression methods")
     extensions: dict[int, _Cursor] = {}
-    if hello.left():  # TLS 1.2 lets a ClientHello end here
-        extensions = _extensions(hello.vector(2, 0, 0xFFFF, "extensions").data)
-    hello.done()
+    if pos < len(body):  # TLS 1.2 lets a ClientHello end here
+        start, pos = _vector(body, pos, 2, 0, 0xFFFF, "extensions")
+        extensions = _extensions(body[start:pos])
+    if pos != len(body):
+        raise ClientHelloError("bytes after the ClientHello")
     sni = extensions.get(_SERVER_NAME)
     alpn = extensions.get(_ALPN)
     versions = extensions.get(_SUPPORTED_VERSIONS)
@@ -203,6 +206,21 @@ def _parse_hello(body: bytes, end: int) -> ClientHello:
         supported_versions=None if versions is None else _versions(versions),
         end=end,
     )
+
+
+def _vector(body: bytes, pos: int, size: int, low: int, high: int, what: str) -> tuple[int, int]:
+    """Where the vector at pos of a ClientHello body starts and ends, its
+    length in size bytes, of low..high bytes (what _Cursor.vector checks,
+    for the fields every ClientHello has, without a cursor each)."""
+    start = pos + size
+    if start > len(body):
+        raise ClientHelloError("ClientHello truncated")
+    length = int.from_bytes(body[pos:start], "big")
+    if not low <= length <= high:
+        raise ClientHelloError(f"bad {what} length")
+    if start + length > len(body):
+        raise ClientHelloError("ClientHello truncated")
+    return start, start + length
 
 
 def _extensions(block: bytes) -> dict[int, _Cursor]:
@@ -257,9 +275,10 @@ def _versions(extension: _Cursor) -> tuple[int, ...]:
     """The versions of a ClientHello's supported_versions extension (RFC 8446 §4.2.1)."""
     versions = extension.vector(1, 2, 254, "supported versions")
     extension.done()
-    if versions.left() % 2:
+    data = versions.data
+    if len(data) % 2:
         raise ClientHelloError("bad supported versions length")
-    return tuple(versions.number(2) for _ in range(versions.left() // 2))
+    return tuple(data[i] << 8 | data[i + 1] for i in range(0, len(data), 2))
 
 
 # --- the ALPN setting and the choice -------------------------------------------
