@@ -9,6 +9,7 @@ preference). An access rule may change any of them for one client.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -96,8 +97,11 @@ def settings_from(env: Mapping[str, str], snilevel: int, client_cert: ClientCert
 def alpn_of(env: Mapping[str, str]) -> tuple[str, ...]:
     """The ALPN setting: protocols in order of preference; () when unset or empty."""
     text = env.get("ALPN")
-    if not text:
-        return ()
+    return _alpn_list(text) if text else ()
+
+
+@functools.lru_cache(maxsize=64)  # read for every connection; set in a few places at most
+def _alpn_list(text: str) -> tuple[str, ...]:
     from s6tls.clienthello import AlpnListError, parse_alpn_list  # only with ALPN
 
     try:

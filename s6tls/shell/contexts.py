@@ -59,7 +59,7 @@ class AlpnSSLObject(ServerSSLObject):
 def _on_client_hello(
     named: Mapping[str, ssl.SSLContext],
     required: bool,
-    alpn: tuple[str, ...],
+    alpn: frozenset[bytes],
     obj: ssl.SSLObject,
     servername: str | None,
     _ctx: ssl.SSLContext,
@@ -73,7 +73,7 @@ def _on_client_hello(
         if alpn and obj.hello is not None and (refusal := _alpn_refusal(alpn, obj.hello)):
             obj.refusal = refusal
             return ALERT_NO_APPLICATION_PROTOCOL
-    chosen = match_name(named, servername) if servername else None
+    chosen = match_name(named, servername) if named and servername else None
     if chosen is not None:
         obj.context = chosen
     elif required:
@@ -85,7 +85,7 @@ def _on_client_hello(
     return None
 
 
-def _alpn_refusal(alpn: tuple[str, ...], received: bytes | bytearray) -> str | None:
+def _alpn_refusal(alpn: frozenset[bytes], received: bytes | bytearray) -> str | None:
     """Why a client that sent these bytes must be refused, or None to go on."""
     from s6tls.clienthello import ClientHelloError, read_client_hello  # with ALPN only
 
@@ -95,7 +95,7 @@ def _alpn_refusal(alpn: tuple[str, ...], received: bytes | bytearray) -> str | N
         return f"unreadable ClientHello ({e})"  # OpenSSL read it: fail closed
     if hello is None:
         return "unreadable ClientHello (incomplete)"
-    if hello.alpn is None or any(p.encode() in hello.alpn for p in alpn):
+    if hello.alpn is None or not alpn.isdisjoint(hello.alpn):
         return None
     offered = ", ".join(p.decode("ascii", "backslashreplace") for p in hello.alpn)
     return f"no application protocol in common (offered: {offered})"
@@ -119,7 +119,8 @@ def make_context(settings: TlsSettings, files: Files) -> ServerContext:
         initial = _pair_context(settings, files, settings.keyfile, settings.certfile)
     else:
         initial = next(iter(named.values()))
-    initial.sni_callback = partial(_on_client_hello, named, settings.sni_required, settings.alpn)
+    ours = frozenset(p.encode() for p in settings.alpn)
+    initial.sni_callback = partial(_on_client_hello, named, settings.sni_required, ours)
     return initial
 
 
