@@ -62,9 +62,12 @@ from s6tls.shell.confine.seccomp import compiled, engine_filter, load
 from s6tls.shell.confine.syscalls import Unavailable, no_dumping, no_new_privs
 
 # Modules that load on first use, where a confined process could not read
-# them: the digest of a client certificate. (gevent also imports pickle when
-# a greenlet fails, to keep its traceback; it does without when it cannot.)
-_CLIENT_CERT_PRELOAD: tuple[str, ...] = ("hashlib",)
+# them: with a client certificate, its digest and its reader; with rules, the
+# TLS stage's keys and the ClientHello reader (a rule may set ALPN). (gevent
+# also imports pickle when a greenlet fails, to keep its traceback; it does
+# without when it cannot.)
+_CLIENT_CERT_PRELOAD = ("hashlib", "s6tls.certinfo")
+_RULES_PRELOAD = ("s6tls.rules.tlskeys", "s6tls.clienthello")
 
 
 def engine_needs(opts: Options) -> tuple[Network, tuple[int, ...], tuple[str, ...]]:
@@ -77,7 +80,11 @@ def engine_needs(opts: Options) -> tuple[Network, tuple[int, ...], tuple[str, ..
         bind.append(0)  # from the connection's local address, any port
         connect.append(IDENT_PORT)
     families = (socket.AF_INET, socket.AF_INET6) if opts.dns or opts.ident else ()
-    preload = _CLIENT_CERT_PRELOAD if opts.client_cert is not ClientCert.NONE else ()
+    preload: tuple[str, ...] = ()
+    if opts.client_cert is not ClientCert.NONE:
+        preload += _CLIENT_CERT_PRELOAD
+    if opts.rulesdir is not None or opts.rulesfile is not None:
+        preload += _RULES_PRELOAD
     return Network(tuple(bind), tuple(connect)), families, preload
 
 
