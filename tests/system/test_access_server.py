@@ -23,6 +23,7 @@ import pytest
 
 from tests.support import client
 from tests.support.server import BIN, S6_TLSSERVER, Running, run_command, start
+from tests.support.trees import write_files
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
@@ -47,15 +48,6 @@ FORMS = [
 
 
 # --- rules trees -------------------------------------------------------------------
-
-
-def write_tree(root: Path, files: dict[str, str]) -> Path:
-    """Create each file of `files` (path relative to root: content) under root."""
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
 
 
 def compile_cdb(compiler: str, tree: Path, cdb: Path) -> None:
@@ -160,7 +152,7 @@ E08_TREE = {
 
 @pytest.mark.parametrize("form", FORMS)
 def test_allow_deny_and_env(server: ServerFactory, pki: PKI, tmp_path: Path, form: str) -> None:
-    tree = write_tree(tmp_path / "rules", E08_TREE)
+    tree = write_files(tmp_path / "rules", E08_TREE)
     ran = tmp_path / "ran"
     # prog notes who it ran for, then shows its environment.
     prog = ("/bin/sh", "-c", 'echo "$TCPREMOTEIP" >> "$0"; exec /usr/bin/env', str(ran))
@@ -189,7 +181,7 @@ def test_allow_deny_and_env(server: ServerFactory, pki: PKI, tmp_path: Path, for
 
 
 def test_deny_is_silent_at_default_verbosity(server: ServerFactory, tmp_path: Path) -> None:
-    tree = write_tree(tmp_path / "rules", E08_TREE)
+    tree = write_files(tmp_path / "rules", E08_TREE)
     srv = server("-H", "-i", str(tree), "127.0.0.1", "0", *ENV_PROG)
     denied = [attempt(srv.port, source) for source in ("127.0.0.2", "127.0.0.3")]
     assert all(outcome.denied for outcome in denied)
@@ -199,7 +191,7 @@ def test_deny_is_silent_at_default_verbosity(server: ServerFactory, tmp_path: Pa
 
 @pytest.mark.parametrize("form", FORMS)
 def test_longest_prefix_wins(server: ServerFactory, tmp_path: Path, form: str) -> None:
-    tree = write_tree(
+    tree = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/deny": "",
@@ -225,7 +217,7 @@ def test_ipv6_rules(server: ServerFactory, tmp_path: Path, form: str) -> None:
         "ip6/::1_128/allow": "",
         "ip6/::1_128/env/WHICH": "128\n",
     }
-    tree = write_tree(tmp_path / "rules", files)
+    tree = write_files(tmp_path / "rules", files)
     srv = server("-H", *rules_option(form, tree), "::1", "0", *ENV_PROG)
 
     def now() -> Outcome:
@@ -267,7 +259,7 @@ def test_rules_directory_and_file_are_exclusive(pki: PKI, tmp_path: Path) -> Non
 def test_rule_chooses_the_certificate(
     server: ServerFactory, pki: PKI, tmp_path: Path, form: str
 ) -> None:
-    tree = write_tree(
+    tree = write_files(
         tmp_path / "rules",
         {
             "ip4/127.0.0.0_8/allow": "",
@@ -288,7 +280,7 @@ def test_rule_chooses_the_certificate(
 
 @pytest.mark.parametrize("form", FORMS)
 def test_exec_rule_keeps_tls(server: ServerFactory, tmp_path: Path, form: str) -> None:
-    tree = write_tree(
+    tree = write_files(
         tmp_path / "rules",
         {
             "ip4/127.0.0.1_32/allow": "",
@@ -317,7 +309,7 @@ def test_exec_rule_keeps_tls(server: ServerFactory, tmp_path: Path, form: str) -
 
 
 def test_rules_directory_edits_apply_at_once(server: ServerFactory, tmp_path: Path) -> None:
-    tree = write_tree(
+    tree = write_files(
         tmp_path / "rules", {"ip4/127.0.0.0_8/allow": "", "ip4/127.0.0.0_8/env/V": "1"}
     )
     srv = server("-H", "-i", str(tree), "127.0.0.1", "0", *ENV_PROG)
@@ -326,7 +318,7 @@ def test_rules_directory_edits_apply_at_once(server: ServerFactory, tmp_path: Pa
     (tree / "ip4/127.0.0.0_8/env/V").write_text("2\n")
     assert attempt(srv.port, "127.0.0.2").env["V"] == "2"
 
-    write_tree(tree, {"ip4/127.0.0.2_32/deny": ""})
+    write_files(tree, {"ip4/127.0.0.2_32/deny": ""})
     assert attempt(srv.port, "127.0.0.2").denied
     assert attempt(srv.port, "127.0.0.1").env["V"] == "2"
 
@@ -340,7 +332,7 @@ def test_missing_rules_directory_denies_until_created(
     tree = tmp_path / "rules"
     srv = server("-H", "-i", str(tree), "127.0.0.1", "0", *ENV_PROG)
     assert attempt(srv.port, "127.0.0.1").denied  # as upstream: no directory, no rule
-    write_tree(tree, {"ip4/127.0.0.1_32/allow": ""})
+    write_files(tree, {"ip4/127.0.0.1_32/allow": ""})
     assert attempt(srv.port, "127.0.0.1").env["TCPREMOTEIP"] == "127.0.0.1"
 
 
@@ -359,7 +351,7 @@ def test_missing_rules_directory_denies_until_created(
 def test_replaced_cdb_applies_to_the_next_connection(
     server: ServerFactory, tmp_path: Path, compiler: str
 ) -> None:
-    tree = write_tree(
+    tree = write_files(
         tmp_path / "rules", {"ip4/127.0.0.0_8/allow": "", "ip4/127.0.0.0_8/env/V": "1"}
     )
     cdb = tmp_path / "rules.cdb"
@@ -367,7 +359,7 @@ def test_replaced_cdb_applies_to_the_next_connection(
     srv = server("-H", "-x", str(cdb), "127.0.0.1", "0", *ENV_PROG)
     assert attempt(srv.port, "127.0.0.2").env["V"] == "1"
 
-    write_tree(tree, {"ip4/127.0.0.2_32/deny": "", "ip4/127.0.0.0_8/env/V": "2"})
+    write_files(tree, {"ip4/127.0.0.2_32/deny": "", "ip4/127.0.0.0_8/env/V": "2"})
     replace_cdb(compiler, tree, cdb)
     assert attempt(srv.port, "127.0.0.2").denied
     assert attempt(srv.port, "127.0.0.1").env["V"] == "2"
@@ -412,7 +404,7 @@ class OpenWatch:
 
 
 def test_unchanged_cdb_is_not_read_again(server: ServerFactory, tmp_path: Path) -> None:
-    tree = write_tree(tmp_path / "rules", {"ip4/127.0.0.0_8/allow": ""})
+    tree = write_files(tmp_path / "rules", {"ip4/127.0.0.0_8/allow": ""})
     watched = tmp_path / "watched"
     watched.mkdir()
     cdb = watched / "rules.cdb"
@@ -447,7 +439,7 @@ def _truncated(good: bytes) -> bytes:
 def test_corrupt_cdb_denies_and_recovers(
     server: ServerFactory, tmp_path: Path, garbage: str
 ) -> None:
-    tree = write_tree(tmp_path / "rules", {"ip4/127.0.0.0_8/allow": ""})
+    tree = write_files(tmp_path / "rules", {"ip4/127.0.0.0_8/allow": ""})
     cdb = tmp_path / "rules.cdb"
     compile_cdb(OUR_CDB_FROM_FS, tree, cdb)
     good = cdb.read_bytes()
@@ -478,7 +470,7 @@ def test_missing_cdb_at_start_denies_until_created(server: ServerFactory, tmp_pa
     assert srv.wait_log(str(cdb))
     [line] = about(srv, denied)
     assert "warning" in line and str(cdb) in line and "No such file or directory" in line
-    tree = write_tree(tmp_path / "rules", {"ip4/127.0.0.1_32/allow": ""})
+    tree = write_files(tmp_path / "rules", {"ip4/127.0.0.1_32/allow": ""})
     compile_cdb(OUR_CDB_FROM_FS, tree, cdb)
     assert attempt(srv.port, "127.0.0.1").env["TCPREMOTEIP"] == "127.0.0.1"
     assert len(logged(srv, str(cdb))) == 1
@@ -506,7 +498,7 @@ def test_unreadable_rules_deny_and_recover(
     for name in ("key", "cert"):
         shutil.copy(getattr(pki.ec, name), shared_dir / name)
         (shared_dir / name).chmod(0o644)
-    tree = write_tree(
+    tree = write_files(
         shared_dir / "rules", {"ip4/127.0.0.0_8/allow": "", "ip4/127.0.0.0_8/env/V": "1\n"}
     )
     tree.chmod(0o000)
@@ -546,7 +538,7 @@ def test_unreadable_cdb_denies_and_recovers(
     for name in ("key", "cert"):
         shutil.copy(getattr(pki.ec, name), shared_dir / name)
         (shared_dir / name).chmod(0o644)
-    tree = write_tree(tmp_path / "rules", {"ip4/127.0.0.0_8/allow": ""})
+    tree = write_files(tmp_path / "rules", {"ip4/127.0.0.0_8/allow": ""})
     cdb = shared_dir / "rules.cdb"
     compile_cdb(OUR_CDB_FROM_FS, tree, cdb)  # mode 0600, owned by root
     env = {"KEYFILE": str(shared_dir / "key"), "CERTFILE": str(shared_dir / "cert")}

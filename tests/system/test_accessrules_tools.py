@@ -18,6 +18,7 @@ from s6tls.rules.cdbfile import CdbRules, write_cdb
 from s6tls.rules.keys import TLS_FAMILIES
 from s6tls.rules.tlskeys import alpn_keys, cert_keys, sni_keys
 from tests.support import der
+from tests.support.trees import write_files
 
 BIN = Path(sys.executable).parent
 SKARNET_CDB_FROM_FS = "/usr/bin/s6-accessrules-cdb-from-fs"
@@ -65,14 +66,6 @@ def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
     return subprocess.run(list(argv), capture_output=True, text=True, cwd=cwd, timeout=60)
 
 
-def make_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return root
-
-
 def tree_of(root: Path) -> dict[str, bytes]:
     """Every regular file under root with its content; directories only as paths."""
     found: dict[str, bytes] = {}
@@ -93,7 +86,7 @@ def normalised(rule: Rule) -> Rule:
 
 @pytest.fixture
 def e08(tmp_path: Path) -> Path:
-    return make_tree(tmp_path / "rules", E08_TREE)
+    return write_files(tmp_path / "rules", E08_TREE)
 
 
 def test_compile_and_decompile_e08(tmp_path: Path, e08: Path) -> None:
@@ -133,7 +126,7 @@ def test_ours_compiled_is_decompiled_by_skarnet(tmp_path: Path, e08: Path) -> No
 
 @needs_skarnet
 def test_both_compilers_agree_on_tricky_envdirs(tmp_path: Path) -> None:
-    root = make_tree(
+    root = write_files(
         tmp_path / "rules",
         {
             "ip4/k/allow": b"",
@@ -167,7 +160,7 @@ def test_env_between_4097_and_4100_bytes(tmp_path: Path) -> None:
     # skarnet's compiler checks env > 4100 where its readers allow 4096: it
     # writes a value that its own decompiler (and s6-tcpserver-access) then
     # rejects. Ours refuses it at compile time.
-    root = make_tree(tmp_path / "rules", {"ip4/k/allow": b"", "ip4/k/env/L": b"x" * 5000})
+    root = write_files(tmp_path / "rules", {"ip4/k/allow": b"", "ip4/k/env/L": b"x" * 5000})
     assert run(SKARNET_CDB_FROM_FS, "theirs.cdb", "rules", cwd=tmp_path).returncode == 0
     assert len(records(tmp_path / "theirs.cdb")[b"ip4/k"]) == 5 + 4098
     assert run(SKARNET_FS_FROM_CDB, "rt", "theirs.cdb", cwd=tmp_path).returncode == 111
@@ -259,7 +252,7 @@ def test_compiler_mode_option(tmp_path: Path, e08: Path) -> None:
 def test_compiler_failure_keeps_the_old_file(
     tmp_path: Path, files: dict[str, bytes], code: int, message: str
 ) -> None:
-    make_tree(tmp_path / "rules", {"ip4/ok/allow": b"", **files})
+    write_files(tmp_path / "rules", {"ip4/ok/allow": b"", **files})
     (tmp_path / "rules.cdb").write_bytes(b"old")
     done = run(CDB_FROM_FS, "rules.cdb", "rules", cwd=tmp_path)
     assert (done.returncode, done.stderr) == (
@@ -421,7 +414,7 @@ def test_tls_keys_are_what_the_tree_holds() -> None:
 
 
 def test_tls_families_compile_and_decompile(tmp_path: Path) -> None:
-    root = make_tree(tmp_path / "rules", TLS_TREE)
+    root = write_files(tmp_path / "rules", TLS_TREE)
     directory = DirRules(str(root))
     for key, rule in TLS_RULES.items():
         assert directory.get(key) == rule
@@ -437,7 +430,7 @@ def test_tls_families_compile_and_decompile(tmp_path: Path) -> None:
 def test_tls_families_with_skarnet_tools(tmp_path: Path) -> None:
     # skarnet's tools take any family under the rules directory: a TLS ruleset
     # goes both ways between theirs and ours, and reads the same in -i and -x.
-    root = make_tree(tmp_path / "rules", TLS_TREE)
+    root = write_files(tmp_path / "rules", TLS_TREE)
     assert run(SKARNET_CDB_FROM_FS, "theirs.cdb", "rules", cwd=tmp_path).returncode == 0
     assert run(CDB_FROM_FS, "mine.cdb", "rules", cwd=tmp_path).returncode == 0
     theirs, mine = records(tmp_path / "theirs.cdb"), records(tmp_path / "mine.cdb")

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.support import client
-from tests.support.server import S6_TLSSERVER, run_command, wait_for
+from tests.support.server import S6_TLSSERVER, Running, run_command, wait_for
+from tests.support.trees import write_files
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
@@ -31,15 +32,6 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.both_engines]
 ENV_PROG = ("/usr/bin/env",)
 # An exec rule that says which service answered, and for which SNI name.
 NAMED = 'importas -i n SSL_TLS_SNI_SERVERNAME printf "{} %s\\n" $n'
-
-
-def write_rules(root: Path, files: dict[str, str]) -> Path:
-    """A rules directory: each path (relative to root) with its content."""
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
 
 
 def s_client(port: int, *args: str, data: str = "") -> tuple[str, str]:
@@ -136,20 +128,27 @@ def test_a_bad_list_exits_100(pki: PKI, alpn: str, message: str) -> None:
     assert r.stderr.splitlines()[0] == f"s6-tlsserver: fatal: {message}"
 
 
-def test_a_bad_list_from_a_rule_drops_that_connection(
-    server: ServerFactory, pki: PKI, tmp_path: Path
-) -> None:
-    rules = write_rules(
+def serving_alpn_to_127_0_0_2(
+    server: ServerFactory, pki: PKI, tmp_path: Path, alpn: str
+) -> Running:
+    """A server with ALPN=h2 whose rules give the client at 127.0.0.2 ALPN=alpn."""
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/127.0.0.2_32/allow": "",
-            "ip4/127.0.0.2_32/env/ALPN": "h2,,x\n",
+            "ip4/127.0.0.2_32/env/ALPN": f"{alpn}\n",
             "ip4/0.0.0.0_0/allow": "",
         },
     )
-    srv = server(
+    return server(
         "-H", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG, env={**pki.env(), "ALPN": "h2"}
     )
+
+
+def test_a_bad_list_from_a_rule_drops_that_connection(
+    server: ServerFactory, pki: PKI, tmp_path: Path
+) -> None:
+    srv = serving_alpn_to_127_0_0_2(server, pki, tmp_path, "h2,,x")
     with pytest.raises((ssl.SSLError, ConnectionError)):
         client.connect(srv.port, source="127.0.0.2").close()
     assert srv.wait_log("127.0.0.2_")
@@ -160,17 +159,7 @@ def test_a_bad_list_from_a_rule_drops_that_connection(
 def test_a_rule_sets_the_list_for_one_client(
     server: ServerFactory, pki: PKI, tmp_path: Path
 ) -> None:
-    rules = write_rules(
-        tmp_path / "rules",
-        {
-            "ip4/127.0.0.2_32/allow": "",
-            "ip4/127.0.0.2_32/env/ALPN": "imap\n",
-            "ip4/0.0.0.0_0/allow": "",
-        },
-    )
-    srv = server(
-        "-H", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG, env={**pki.env(), "ALPN": "h2"}
-    )
+    srv = serving_alpn_to_127_0_0_2(server, pki, tmp_path, "imap")
     ctx = client.context()
     ctx.set_alpn_protocols(["imap"])
     with client.connect(srv.port, ctx=ctx, source="127.0.0.2") as s:
@@ -315,7 +304,7 @@ def test_a_hello_behind_a_proxy_header_in_the_same_segment(
 
 
 def test_two_services_on_one_port_by_alpn(server: ServerFactory, pki: PKI, tmp_path: Path) -> None:
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -355,7 +344,7 @@ def test_two_services_on_one_port_by_alpn(server: ServerFactory, pki: PKI, tmp_p
 def test_two_services_on_one_port_by_sni_and_sni_none(
     server: ServerFactory, pki: PKI, tmp_path: Path
 ) -> None:
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -533,7 +522,7 @@ def test_alpn_none_denied_refuses_a_client_offering_no_protocol(
 ) -> None:
     marker = tmp_path / "ran"
     prog = ("/bin/sh", "-c", f"echo ran >> {marker}; exec /usr/bin/env")
-    rules = write_rules(tmp_path / "rules", {"ip4/0.0.0.0_0/allow": "", "alpn/none/deny": ""})
+    rules = write_files(tmp_path / "rules", {"ip4/0.0.0.0_0/allow": "", "alpn/none/deny": ""})
     env = {**pki.env(), "ALPN": "h2,http/1.1"}
     srv = server("-H", "-v", "-i", str(rules), "127.0.0.1", "0", *prog, env=env)
     # The handshake completes (no protocol, nothing to refuse it for); then the
@@ -582,7 +571,7 @@ def proxy_header(version: int, source: tuple[str, int], dest: tuple[str, int]) -
 def test_two_services_by_sni_with_k2_behind_a_proxy_header(
     server: ServerFactory, pki: PKI, mail_pairs: dict[str, Pair], tmp_path: Path, version: int
 ) -> None:
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",

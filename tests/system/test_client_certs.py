@@ -25,6 +25,7 @@ from s6tls.rules.tlskeys import escape
 from tests.support import client
 from tests.support.certs import Pair
 from tests.support.server import BIN, run_command
+from tests.support.trees import write_files
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
@@ -75,15 +76,6 @@ def people(pki: PKI) -> People:
     )
 
 
-def write_rules(root: Path, files: dict[str, str]) -> Path:
-    """A rules directory: each path (relative to root) with its content."""
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
-
-
 def ca_env(pki: PKI, **more: str) -> dict[str, str]:
     return {**pki.env(), "CAFILE": str(pki.ca.pem), **more}
 
@@ -129,7 +121,7 @@ def test_each_kind_of_key_lets_its_certificate_in(
     server: ServerFactory, pki: PKI, people: People, tmp_path: Path
 ) -> None:
     p = people
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -213,7 +205,7 @@ def test_each_kind_of_key_lets_its_certificate_in(
 def test_cert_none_refuses_a_client_without_certificate(
     server: ServerFactory, pki: PKI, people: People, tmp_path: Path
 ) -> None:
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {"ip4/0.0.0.0_0/allow": "", "cert/none/deny": "", "cert/@/allow": ""},
     )
@@ -245,7 +237,7 @@ def test_the_environment_and_the_program_of_a_certificate_rule(
 ) -> None:
     p = people
     said = 'importas -i u USER printf "{} %s\\n" $u'
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -284,7 +276,7 @@ def test_a_certificate_rule_chooses_progs_user_with_dash_u(
     server: ServerFactory, pki: PKI, people: People, tmp_path: Path
 ) -> None:
     p = people
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -322,7 +314,7 @@ def test_tls_settings_of_a_certificate_rule_reach_prog_and_change_no_handshake(
     crl = tmp_path / "alice-revoked.pem"
     crl.write_bytes(pki.ca.crl([p.alice.serial]))
     rule = f"certhash/{p.alice.cert_hash}"
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -359,7 +351,7 @@ def test_a_san_that_is_not_utf8_gets_a_decision(
     odd = pki.ca.issue_raw_uri("cc-odd", uri, "odd client")
     key = f"san/URI:{escape(uri)}"
     assert key == "san/URI:spiffe:%2F%2Fcaf%E9.example%2Fns%2F%FF%FE%2Fsa"
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {"ip4/0.0.0.0_0/allow": "", "cert/@/allow": "", "cert/@/env/WHO": "any\n"},
     )
@@ -369,7 +361,7 @@ def test_a_san_that_is_not_utf8_gets_a_decision(
     assert got["SSL_PEER_CERT_SUBJECT"] == "CN=odd client"
     # A rule on its escaped key decides for it, from a directory or a cdb
     # (skarnet's compiler writes the same key, when it is installed).
-    write_rules(rules, {f"{key}/deny": ""})
+    write_files(rules, {f"{key}/deny": ""})
     servers = [srv]
     for compiler in (OUR_CDB_FROM_FS, SKARNET_CDB_FROM_FS):
         if not os.path.exists(compiler):
@@ -405,7 +397,7 @@ def test_certificate_text_never_reaches_another_family(
         ],
     )
     cn_key = "cn/%2E.%2Fip6%2F::_0"
-    rules = write_rules(
+    rules = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -417,7 +409,7 @@ def test_certificate_text_never_reaches_another_family(
     srv = server("-H", "-v", "-Y", "-i", str(rules), "127.0.0.1", "0", *ENV_PROG, env=ca_env(pki))
     got = session(srv.port, climber).env
     assert got["A"] == "ip" and "B" not in got
-    write_rules(rules, {f"{cn_key}/allow": "", f"{cn_key}/env/B": "cn\n"})
+    write_files(rules, {f"{cn_key}/allow": "", f"{cn_key}/env/B": "cn\n"})
     got = session(srv.port, climber).env
     assert (got["A"], got["B"]) == ("ip", "cn")
     assert srv.wait_log(f"key {cn_key}\n")

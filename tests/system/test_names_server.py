@@ -28,6 +28,7 @@ import pytest
 from s6tls.resolvconf import parse_hosts
 from tests.support import client
 from tests.support.server import BIN, Running, run_command, wait_for
+from tests.support.trees import write_files
 from tests.system.dnsfixture import (
     DNSMASQ,
     OIDENTD,
@@ -166,15 +167,6 @@ def attempt(port: int, source: str, host: str = "127.0.0.1") -> Outcome:
     return Outcome(own_port, client.env_of(data), time.monotonic() - start)
 
 
-def write_tree(root: Path, files: dict[str, str]) -> Path:
-    """Create each file of `files` (path relative to root: content) under root."""
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
-
-
 # --- TCPREMOTEHOST, TCPLOCALHOST -------------------------------------------------------
 
 
@@ -256,7 +248,7 @@ def test_hosts_file_first_with_h(server: ServerFactory, pki: PKI, resolvers: Res
 def test_reversedns_rules_by_suffix(
     server: ServerFactory, pki: PKI, resolvers: Resolvers, tmp_path: Path
 ) -> None:
-    tree = write_tree(tmp_path / "rules", {"ip4/127.0.0.1_32/allow": ""})
+    tree = write_files(tmp_path / "rules", {"ip4/127.0.0.1_32/allow": ""})
     srv = server(
         "-v", "-i", str(tree), "127.0.0.1", "0", *ENV_PROG, env=environ(pki, resolvers.good)
     )
@@ -274,7 +266,7 @@ def test_reversedns_rules_by_suffix(
         files = {f"reversedns/{level}/{verdict}": ""}
         if verdict == "allow":
             files[f"reversedns/{level}/env/LEVEL"] = f"{level}\n"
-        write_tree(tree, files)
+        write_files(tree, files)
         outcome = attempt(srv.port, NAMED)
         if verdict == "allow":
             assert outcome.env is not None, f"reversedns/{level} did not allow"
@@ -287,14 +279,14 @@ def test_reversedns_rules_by_suffix(
             assert attempt(srv.port, NONAME).denied
 
     # Any address rule, even /0, comes before every name rule.
-    write_tree(tree, {"ip4/0.0.0.0_0/deny": ""})
+    write_files(tree, {"ip4/0.0.0.0_0/deny": ""})
     assert attempt(srv.port, NAMED).denied
 
 
 def test_reversedns_rules_never_match_with_H(
     server: ServerFactory, pki: PKI, resolvers: Resolvers, tmp_path: Path
 ) -> None:
-    tree = write_tree(
+    tree = write_files(
         tmp_path / "rules", {"reversedns/example.test/allow": "", "reversedns/@/allow": ""}
     )
     cdb = tmp_path / "rules.cdb"

@@ -31,6 +31,7 @@ from s6tls.rules.tcprules_text import parse_tcprules
 from tests.support import client
 from tests.support.certs import Pair
 from tests.support.server import BIN
+from tests.support.trees import write_files
 
 if TYPE_CHECKING:
     from tests.conftest import PKI, ServerFactory
@@ -69,14 +70,6 @@ def tcprules(
     *argv: str, stdin: bytes | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     return run(S6_TCPRULES, *argv, stdin=stdin, cwd=cwd)
-
-
-def make_tree(root: Path, files: dict[str, str]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(content)
-    return root
 
 
 def tree_of(root: Path) -> dict[str, str]:
@@ -121,7 +114,7 @@ TREE = {
 
 
 def test_compile_is_s6_accessrules_cdb_from_fs(tmp_path: Path) -> None:
-    tree = make_tree(tmp_path / "rules", TREE)
+    tree = write_files(tmp_path / "rules", TREE)
     assert run(CDB_FROM_FS, str(tmp_path / "theirs.cdb"), str(tree)).returncode == 0
     done = tcprules("compile", "-m", "640", str(tree), str(tmp_path / "ours.cdb"))
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
@@ -138,7 +131,7 @@ def test_compile_is_s6_accessrules_cdb_from_fs(tmp_path: Path) -> None:
     ],
 )
 def test_compile_fails_as_s6_accessrules_cdb_from_fs(tmp_path: Path, argv: list[str]) -> None:
-    make_tree(tmp_path / "rules", TREE)
+    write_files(tmp_path / "rules", TREE)
     ours = tcprules("compile", *argv, cwd=tmp_path)
     operands = [*argv[:-2], argv[-1], argv[-2]]  # upstream takes cdbfile first
     theirs = run(CDB_FROM_FS, *operands, cwd=tmp_path)
@@ -148,7 +141,7 @@ def test_compile_fails_as_s6_accessrules_cdb_from_fs(tmp_path: Path, argv: list[
 
 
 def test_decompile_is_s6_accessrules_fs_from_cdb(tmp_path: Path) -> None:
-    tree = make_tree(tmp_path / "rules", TREE)
+    tree = write_files(tmp_path / "rules", TREE)
     assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0
     done = tcprules("decompile", str(tmp_path / "rules.cdb"), str(tmp_path / "ours"))
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
@@ -166,7 +159,7 @@ def test_decompile_is_s6_accessrules_fs_from_cdb(tmp_path: Path) -> None:
 
 @pytest.fixture(params=["dir", "cdb"])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
-    tree = make_tree(tmp_path / "rules", TREE)
+    tree = write_files(tmp_path / "rules", TREE)
     if request.param == "dir":
         return ["-i", str(tree)]
     assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0
@@ -281,7 +274,7 @@ def test_check_many_clients_from_stdin(source: list[str]) -> None:
 
 
 def test_check_errors(tmp_path: Path) -> None:
-    tree = make_tree(tmp_path / "rules", TREE)
+    tree = write_files(tmp_path / "rules", TREE)
     bad_ip = tcprules("check", "-i", str(tree), "10.1.2")
     assert (bad_ip.returncode, bad_ip.stderr) == (
         100,
@@ -331,7 +324,7 @@ TLS_TREE = {
 
 @pytest.fixture(params=["dir", "cdb"])
 def tls_source(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
-    tree = make_tree(tmp_path / "tls-rules", TLS_TREE)
+    tree = write_files(tmp_path / "tls-rules", TLS_TREE)
     if request.param == "dir":
         return ["-i", str(tree)]
     assert run(CDB_FROM_FS, str(tmp_path / "tls-rules.cdb"), str(tree)).returncode == 0
@@ -512,7 +505,7 @@ def test_list_shows_every_rule_most_specific_first(source: list[str]) -> None:
 
 
 def test_list_is_the_same_for_a_directory_and_its_cdbs(tmp_path: Path) -> None:
-    tree = make_tree(
+    tree = write_files(
         tmp_path / "rules",
         {
             **TREE,
@@ -559,7 +552,7 @@ def test_list_is_the_same_for_a_directory_and_its_cdbs(tmp_path: Path) -> None:
 
 
 def test_list_errors(tmp_path: Path) -> None:
-    make_tree(tmp_path, {"file": "", "empty/.hidden/x": ""})
+    write_files(tmp_path, {"file": "", "empty/.hidden/x": ""})
     empty = tcprules("list", "-i", "empty", cwd=tmp_path)
     assert (empty.returncode, empty.stdout, empty.stderr) == (0, "", "")
     for argv, message in [
@@ -593,7 +586,7 @@ def test_list_errors(tmp_path: Path) -> None:
 
 
 def test_list_names_an_unreadable_directory(shared_dir: Path) -> None:
-    rules = make_tree(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
+    rules = write_files(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
     rules.chmod(0)
     try:
         done = run(*unprivileged(S6_TCPRULES, "list", "-i", "rules"), cwd=shared_dir)
@@ -1075,7 +1068,7 @@ def test_add_creates_a_missing_rules_directory(tmp_path: Path) -> None:
 def test_add_names_a_file_in_the_way(
     tmp_path: Path, in_the_way: str, rulesdir: str, message: str
 ) -> None:
-    make_tree(tmp_path, {in_the_way: "not a directory\n"})
+    write_files(tmp_path, {in_the_way: "not a directory\n"})
     before = entries(tmp_path)
     done = tcprules("add", "-i", rulesdir, "10.0.0.0/8", "deny", cwd=tmp_path)
     assert (done.returncode, done.stdout) == (111, "")
@@ -1084,7 +1077,7 @@ def test_add_names_a_file_in_the_way(
 
 
 def test_add_names_an_unreadable_directory(shared_dir: Path) -> None:
-    rules = make_tree(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
+    rules = write_files(shared_dir / "rules", {"ip4/10.0.0.0_8/deny": ""})
     rules.chmod(0)
     try:
         done = run(*unprivileged(S6_TCPRULES, "add", "-i", "rules", "::1", "deny"), cwd=shared_dir)
@@ -1235,7 +1228,7 @@ def cert_source(
     request: pytest.FixtureRequest, tmp_path: Path, clients: dict[str, Pair]
 ) -> list[str]:
     alice, bob = clients["alice"], clients["bob"]
-    tree = make_tree(
+    tree = write_files(
         tmp_path / "rules",
         {
             "ip4/0.0.0.0_0/allow": "",
@@ -1379,7 +1372,7 @@ def test_list_orders_the_tls_families_as_the_server_tries_them(tmp_path: Path) -
         "uid/0",
     ]
     order = [11, 3, 17, 0, 9, 14, 1, 16, 5, 12, 7, 18, 2, 15, 6, 10, 4, 13, 8]
-    tree = make_tree(tmp_path / "rules", {f"{keys[i]}/deny": "" for i in order})
+    tree = write_files(tmp_path / "rules", {f"{keys[i]}/deny": "" for i in order})
     listed = tcprules("list", "-i", str(tree))
     assert listed.stdout.splitlines() == [f"{key} deny" for key in keys]
     assert run(CDB_FROM_FS, str(tmp_path / "rules.cdb"), str(tree)).returncode == 0

@@ -28,6 +28,7 @@ from s6tls.rules import (
     write_tree,
 )
 from s6tls.rules.cdbfile import CdbRules, compile_dir, read_cdb, write_cdb
+from tests.support.trees import write_files
 
 E08_RULES = {
     "ip4/127.0.0.1_32": Rule(
@@ -39,18 +40,10 @@ E08_RULES = {
 }
 
 
-def make_tree(root: Path, files: dict[str, bytes]) -> Path:
-    for name, content in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(content)
-    return root
-
-
 @pytest.fixture
 def e08(tmp_path: Path) -> Path:
     """The REFERENCE E08 tree: allow+env, deny, exec, reversedns."""
-    return make_tree(
+    return write_files(
         tmp_path / "rules",
         {
             "ip4/127.0.0.1_32/allow": b"",
@@ -77,13 +70,13 @@ def test_lookup_dir(e08: Path) -> None:
 
 
 def test_allow_wins_over_deny_and_neither_is_no_rule(tmp_path: Path) -> None:
-    root = make_tree(tmp_path, {"ip4/a/allow": b"", "ip4/a/deny": b"", "ip4/b/other": b""})
+    root = write_files(tmp_path, {"ip4/a/allow": b"", "ip4/a/deny": b"", "ip4/b/other": b""})
     assert lookup_dir(str(root), "ip4/a") == Rule(allow=True)
     assert lookup_dir(str(root), "ip4/b") is None
 
 
 def test_env_and_exec_ignored_with_deny(tmp_path: Path) -> None:
-    root = make_tree(tmp_path, {"ip4/a/deny": b"", "ip4/a/env/X": b"1", "ip4/a/exec": b"x"})
+    root = write_files(tmp_path, {"ip4/a/deny": b"", "ip4/a/env/X": b"1", "ip4/a/exec": b"x"})
     assert lookup_dir(str(root), "ip4/a") == Rule(allow=False)
 
 
@@ -103,7 +96,7 @@ def test_missing_rules_directory_is_no_rule(tmp_path: Path) -> None:
 def test_unusable_tree_is_an_error(
     tmp_path: Path, files: dict[str, bytes], key: str, message: str
 ) -> None:
-    root = make_tree(tmp_path / "rules", files)
+    root = write_files(tmp_path / "rules", files)
     with pytest.raises(RulesError, match=message):
         lookup_dir(str(root), key)
 
@@ -123,7 +116,7 @@ def test_unreadable_key_is_an_error() -> None:
         pytest.skip("running as root without setpriv")
     with tempfile.TemporaryDirectory() as top:
         os.chmod(top, 0o755)
-        root = make_tree(Path(top) / "rules", {"ip4/k/allow": b""})
+        root = write_files(Path(top) / "rules", {"ip4/k/allow": b""})
         (root / "ip4").chmod(0)
         try:
             if not as_nobody:
@@ -151,7 +144,7 @@ def test_unreadable_key_is_an_error() -> None:
 
 
 def test_exec_over_4096_bytes_is_refused(tmp_path: Path) -> None:
-    root = make_tree(tmp_path, {"ip4/k/allow": b"", "ip4/k/exec": b"e" * 4096})
+    root = write_files(tmp_path, {"ip4/k/allow": b"", "ip4/k/exec": b"e" * 4096})
     assert lookup_dir(str(root), "ip4/k") == Rule(allow=True, exec="e" * 4096)
     (root / "ip4/k/exec").write_bytes(b"e" * 4097)
     with pytest.raises(RuleTooBigError, match="exec too big"):
@@ -160,7 +153,7 @@ def test_exec_over_4096_bytes_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("key", ["reversedns/.", "reversedns/..", "ip4//x", "../rules/ip4/k", ""])
 def test_keys_never_leave_the_rules_directory(tmp_path: Path, key: str) -> None:
-    root = make_tree(
+    root = write_files(
         tmp_path / "rules", {"allow": b"", "reversedns/allow": b"", "ip4/k/allow": b""}
     )
     assert lookup_dir(str(root), key) is None
@@ -169,9 +162,9 @@ def test_keys_never_leave_the_rules_directory(tmp_path: Path, key: str) -> None:
 def test_dir_rules_apply_edits_at_once(tmp_path: Path) -> None:
     rules = DirRules(str(tmp_path))
     assert rules.get("ip4/1.2.3.4_32") is None
-    make_tree(tmp_path, {"ip4/1.2.3.4_32/deny": b""})
+    write_files(tmp_path, {"ip4/1.2.3.4_32/deny": b""})
     assert rules.get("ip4/1.2.3.4_32") == Rule(allow=False)
-    make_tree(tmp_path, {"ip4/1.2.3.4_32/allow": b""})
+    write_files(tmp_path, {"ip4/1.2.3.4_32/allow": b""})
     assert rules.get("ip4/1.2.3.4_32") == Rule(allow=True)
 
 
@@ -267,7 +260,7 @@ def test_compile_e08(e08: Path) -> None:
 
 
 def test_compile_walks_every_top_directory_and_skips_dot_names(tmp_path: Path) -> None:
-    root = make_tree(
+    root = write_files(
         tmp_path,
         {
             "uid/0/allow": b"",
@@ -295,7 +288,7 @@ def test_compile_walks_every_top_directory_and_skips_dot_names(tmp_path: Path) -
     ],
 )
 def test_compile_errors(tmp_path: Path, files: dict[str, bytes], message: str) -> None:
-    root = make_tree(tmp_path / "rules", files)
+    root = write_files(tmp_path / "rules", files)
     with pytest.raises(RulesError, match=message):
         compile_dir(str(root))
 
@@ -307,7 +300,7 @@ def test_compile_missing_directory(tmp_path: Path) -> None:
 
 def test_compile_env_too_big_names_the_rule(tmp_path: Path) -> None:
     # Two variables of 2500 bytes: each fits an envdir, together not a cdb value.
-    root = make_tree(
+    root = write_files(
         tmp_path / "rules",
         {"ip4/k/allow": b"", "ip4/k/env/A": b"a" * 2500, "ip4/k/env/B": b"b" * 2500},
     )
@@ -487,7 +480,7 @@ def test_damaged_cdb_gives_rules_error_only(tmp_path: Path, data: st.DataObject)
 
 @pytest.fixture(params=["dir", "cdb"])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> DirRules | CdbRules:
-    root = make_tree(
+    root = write_files(
         tmp_path / "rules",
         {
             "ip4/10.0.0.0_8/allow": b"",
