@@ -48,7 +48,7 @@ from tests.support.der import (
     tlv,
 )
 
-FUZZ = settings(max_examples=1500, deadline=None, database=None)
+FUZZ = settings(max_examples=500, deadline=None, database=None)
 
 NOW = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 CN = NameOID.COMMON_NAME

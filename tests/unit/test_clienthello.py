@@ -24,7 +24,7 @@ from s6tls.clienthello import (
 )
 from s6tls.errors import UsageError
 
-PROPERTY = settings(max_examples=3000, deadline=None, database=None)
+PROPERTY = settings(max_examples=1000, deadline=None, database=None)
 ROUND_TRIP = settings(max_examples=300, deadline=None, database=None)
 CCS = bytes.fromhex("140303000101")
 # ServerHello.random of a HelloRetryRequest (RFC 8446 §4.1.3).

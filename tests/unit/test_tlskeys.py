@@ -32,7 +32,7 @@ from tests.support.der import (
     tlv,
 )
 
-PROPERTY = settings(max_examples=500, deadline=None, database=None)
+PROPERTY = settings(max_examples=300, deadline=None, database=None)
 
 CN = NameOID.COMMON_NAME
 NOW = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
