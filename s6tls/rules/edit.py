@@ -22,7 +22,7 @@ from s6tls.rules.codec import Rule, encode
 from s6tls.rules.errors import RulesError
 from s6tls.rules.fs import is_safe_key, make_dir, write_tree
 from s6tls.rules.keys import FAMILIES, TLS_FAMILIES, ip_keys, name_keys
-from s6tls.rules.tlskeys import NAME_MAX, escape, is_escaped, unescape
+from s6tls.rules.tlskeys import NAME_MAX, is_escaped, unescape, value_key
 
 if TYPE_CHECKING:
     from s6tls.rules import RuleSource
@@ -120,7 +120,7 @@ def canonical_key(text: str) -> str:
 
 
 _WORDS = {"sni": ("@", "none"), "alpn": ("@", "none"), "cert": ("@", "none")}
-_SAN_KINDS = {"dns": "DNS", "uri": "URI", "email": "email"}
+_SAN_KINDS = {"dns": "DNS:", "uri": "URI:", "email": "email:"}
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -163,13 +163,10 @@ def tls_key(family: str, value: str) -> str:
     if family == "sni" and value.endswith("."):
         value = value[:-1]  # a final dot written as such (%2E is a name's own)
     raw = unescape(value) if is_escaped(value) else value.encode("utf-8", "surrogateescape")
-    if family == "sni" or kind == "DNS":
-        raw = raw.lower()  # ASCII letters only, as the server compares names
-    component = f"{kind}:{escape(raw)}" if kind else escape(raw)
-    key = f"{family}/{component}"
     if not raw:
         raise ValueError(f"invalid key {text!r}: the value is empty")
-    if len(component.encode()) > NAME_MAX:
+    key = value_key(family, raw, kind)
+    if key is None:
         raise ValueError(f"invalid key {text!r}: over {NAME_MAX} bytes once escaped")
     return key
 

@@ -30,7 +30,16 @@ from collections.abc import Iterable
 
 from s6tls.sslvars import cert_hash
 
-__all__ = ["NAME_MAX", "alpn_keys", "cert_keys", "escape", "is_escaped", "sni_keys", "unescape"]
+__all__ = [
+    "NAME_MAX",
+    "alpn_keys",
+    "cert_keys",
+    "escape",
+    "is_escaped",
+    "sni_keys",
+    "unescape",
+    "value_key",
+]
 
 NAME_MAX = 255
 """Longest key component, in bytes, after ``family/``: Linux's NAME_MAX."""
@@ -113,7 +122,7 @@ def sni_keys(name: str | bytes | None) -> list[str]:
     """
     if name is None:
         return ["sni/none"]
-    raw = (name if isinstance(name, bytes) else _encode(name)).lower()
+    raw = name if isinstance(name, bytes) else _encode(name)
     if raw.endswith(b"."):
         raw = raw[:-1]
     suffixes = []
@@ -126,14 +135,14 @@ def sni_keys(name: str | bytes | None) -> list[str]:
         if dot < 0:
             break
         start = dot + 1
-    return [*_fitting(_key("sni", suffix) for suffix in suffixes), "sni/@"]
+    return [*_fitting(value_key("sni", suffix) for suffix in suffixes), "sni/@"]
 
 
 def alpn_keys(protocol: str | bytes | None) -> list[str]:
     """Return ``alpn/PROTOCOL`` then ``alpn/@``; ``["alpn/none"]`` when none was negotiated."""
     if protocol is None:
         return ["alpn/none"]
-    return [*_fitting([_key("alpn", protocol)]), "alpn/@"]
+    return [*_fitting([value_key("alpn", protocol)]), "alpn/@"]
 
 
 def cert_keys(der: bytes | None, asked: bool) -> list[str]:
@@ -165,11 +174,10 @@ def cert_keys(der: bytes | None, asked: bool) -> list[str]:
         return [*keys, "cert/@"]
     keys.append(f"spki/{facts.spki_hash}")
     keys += _fitting(
-        # DNS names compare without case, as SNI names do; URIs and addresses keep theirs.
-        _key("san", value.lower() if kind == "DNS" else value, f"{kind}:")
+        value_key("san", value, f"{kind}:")
         for kind, value in facts.subject_alt_names
     )
-    keys += _fitting(_key("cn", value) for value in facts.common_names)
+    keys += _fitting(value_key("cn", value) for value in facts.common_names)
     keys.append("cert/@")
     return list(dict.fromkeys(keys))
 
@@ -178,11 +186,21 @@ def _fitting(keys: Iterable[str | None]) -> list[str]:
     return [key for key in keys if key is not None]
 
 
-def _key(family: str, value: str | bytes, kind: str = "") -> str | None:
-    """The key ``family/kind<escaped value>``, or None where it can never match."""
-    if not value:
+def value_key(family: str, value: str | bytes, kind: str = "") -> str | None:
+    """The key ``family/kind<escaped value>`` the server looks up for one
+    value (kind: ``DNS:``, ``URI:`` or ``email:`` for ``san/``), or None
+    where none can match: an empty value, or one over NAME_MAX once escaped.
+
+    Names compare without case, as DNS compares them: an SNI name and a DNS
+    SAN are lower-cased (ASCII letters only); URIs, addresses and CNs keep
+    theirs.
+    """
+    raw = value if isinstance(value, bytes) else _encode(value)
+    if family == "sni" or kind == "DNS:":
+        raw = raw.lower()
+    if not raw:
         return None
-    component = kind + escape(value)
+    component = kind + escape(raw)
     if len(component.encode()) > NAME_MAX:
         return None
     return f"{family}/{component}"
