@@ -173,10 +173,7 @@ def cert_keys(der: bytes | None, asked: bool) -> list[str]:
     except CertificateError:
         return [*keys, "cert/@"]
     keys.append(f"spki/{facts.spki_hash}")
-    keys += _fitting(
-        value_key("san", value, f"{kind}:")
-        for kind, value in facts.subject_alt_names
-    )
+    keys += _fitting(value_key("san", value, f"{kind}:") for kind, value in facts.subject_alt_names)
     keys += _fitting(value_key("cn", value) for value in facts.common_names)
     keys.append("cert/@")
     return list(dict.fromkeys(keys))

@@ -120,8 +120,8 @@ class TlsStream:
         if getattr(self.ssl, "keeps_hello", False):
             from s6tls.clienthello import MAX_HELLO_BYTES
 
+            self._hello_max = MAX_HELLO_BYTES
             self._hello = self.ssl.hello = bytearray(pending[:MAX_HELLO_BYTES])  # type: ignore[attr-defined]
-            self._hello_room = MAX_HELLO_BYTES - len(self._hello)
         self._sending = _OneAtATime()
         self._unsent_ticket = 0  # bytes of output that need not go out before we wait
         self.clean_eof = False
@@ -131,10 +131,8 @@ class TlsStream:
         n = read_into(self.sock.fileno(), _RECV_BUFFER)
         if n:
             self._in.write(_RECV_BUFFER[:n])
-            if self._hello is not None and self._hello_room > 0:
-                kept = _RECV_BUFFER[: min(n, self._hello_room)]
-                self._hello += kept
-                self._hello_room -= len(kept)
+            if self._hello is not None and len(self._hello) < self._hello_max:
+                self._hello += _RECV_BUFFER[: min(n, self._hello_max - len(self._hello))]
         else:
             self._in.write_eof()
 
@@ -158,7 +156,8 @@ class TlsStream:
                     if self._in.eof:
                         raise HandshakeFailed("the client closed the connection") from None
                     self._fill()
-            self._hello = None
+            if self._hello is not None:  # read: a session need not keep it
+                self._hello = self.ssl.hello = None  # type: ignore[attr-defined]
             if self.ssl.version() == "TLSv1.3":
                 # All that is left is the session ticket, which no client
                 # waits for: it goes out with our first reply, in one send.
