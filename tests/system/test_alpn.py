@@ -457,6 +457,24 @@ def retrying_env(pki: PKI, tmp_path: Path) -> dict[str, str]:
     return {**pki.env(), "ALPN": "h2,http/1.1", "OPENSSL_CONF": str(conf)}
 
 
+def after_a_retry(
+    sock: socket.socket,
+    obj: ssl.SSLObject,
+    incoming: ssl.MemoryBIO,
+    outgoing: ssl.MemoryBIO,
+    flight: bytes,
+) -> bytes:
+    """Send the first ClientHello; the client's second flight, once the
+    server has answered with a HelloRetryRequest."""
+    sock.sendall(flight)
+    retry = first_record(sock)
+    assert is_retry_request(retry)
+    incoming.write(retry)
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
 def test_alpn_is_negotiated_after_a_hello_retry_request(
     server: ServerFactory, retrying_env: dict[str, str]
 ) -> None:
@@ -470,13 +488,7 @@ def test_alpn_is_negotiated_after_a_hello_retry_request(
     obj, incoming, outgoing, flight = hello_client(["x", "http/1.1"])
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(flight)
-        retry = first_record(sock)
-        assert is_retry_request(retry)
-        incoming.write(retry)
-        with pytest.raises(ssl.SSLWantReadError):
-            obj.do_handshake()
-        second = outgoing.read()
+        second = after_a_retry(sock, obj, incoming, outgoing, flight)
         assert second[:1] == b"\x14" and second[6:7] == b"\x16"  # ChangeCipherSpec, handshake
         trickle(sock, split_records(second, 7), 5)
         out = finish(sock, obj, incoming, outgoing)
@@ -495,13 +507,7 @@ def test_the_offer_of_the_second_client_hello_decides(
     srv = server("-H", "127.0.0.1", "0", *prog, env=retrying_env)
     obj, incoming, outgoing, flight = hello_client(["h2"])
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
-        sock.sendall(flight)
-        retry = first_record(sock)
-        assert is_retry_request(retry)
-        incoming.write(retry)
-        with pytest.raises(ssl.SSLWantReadError):
-            obj.do_handshake()
-        second = outgoing.read()
+        second = after_a_retry(sock, obj, incoming, outgoing, flight)
         offer = b"\x00\x10\x00\x05\x00\x03\x02h2"  # extension 16: one name, h2
         assert second.count(offer) == 1
         sock.sendall(second.replace(offer, offer[:-2] + b"x2"))
